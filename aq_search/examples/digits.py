@@ -1,0 +1,148 @@
+"""The embedded default case: a small CNN trained on scikit-learn's bundled digits.
+
+Self-contained on purpose (torch, numpy and scikit-learn only, no aq_search imports) so that the
+reference benchmark can load this file by path in AIMET's own environment and use the very same
+model, data and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DigitsCNN", "DigitsCase", "digits_case", "load_digits_split", "train_digits_cnn"]
+
+_ARCH_VERSION = "digits-cnn-v1"
+
+
+class DigitsCNN(nn.Module):
+    """Two conv blocks and a classifier for 8x8 grayscale digits (about 14k parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AvgPool2d(2)
+        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(32)
+        self.relu3 = nn.ReLU()
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(32 * 4 * 4, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.pool(x)
+        x = self.relu3(self.bn3(self.conv3(x)))
+        return self.fc(self.flatten(x))
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+def load_digits_split(seed: int = 0, n_train: int = 1000) -> DigitsSplit:
+    """Digits as (N, 1, 8, 8) float tensors scaled to [0, 1], split by a fixed permutation."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target, dtype=torch.long)
+    perm = torch.from_numpy(np.random.RandomState(seed).permutation(len(x)))
+    x, y = x[perm], y[perm]
+    return DigitsSplit(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def train_digits_cnn(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, epochs: int = 30) -> DigitsCNN:
+    """Train (or load from ``cache_dir``) the digits CNN; deterministic for a seed. Returns it in eval mode."""
+    split = load_digits_split(seed)
+    model = DigitsCNN()
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha256(f"{_ARCH_VERSION}-{seed}-{epochs}".encode()).hexdigest()[:12]
+        path = os.path.join(os.fspath(cache_dir), f"digits_cnn_{key}.pt")
+        if os.path.exists(path):
+            model.load_state_dict(torch.load(path, weights_only=True))
+            return model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(split.train_x), generator=gen)
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            opt.zero_grad()
+            loss = loss_fn(model(split.train_x[idx]), split.train_y[idx])
+            loss.backward()
+            opt.step()
+    model.eval()
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return model
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, num_samples: int | None = None, batch_size: int = 256) -> float:
+    """Top-1 accuracy on the first ``num_samples`` examples (all when None)."""
+    if num_samples is not None:
+        x, y = x[:num_samples], y[:num_samples]
+    training = model.training
+    model.eval()
+    correct = 0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    finally:
+        model.train(training)
+    return correct / max(1, len(x))
+
+
+@dataclass(frozen=True)
+class DigitsCase:
+    """Everything a quantization run needs: model, dummy input, unlabeled calibration batches, eval."""
+
+    model: DigitsCNN
+    dummy_input: Tensor
+    calibration_batches: list[Tensor]
+    split: DigitsSplit
+
+    def eval_callback(self, model: nn.Module, num_samples: int | None = None) -> float:
+        return accuracy(model, self.split.test_x, self.split.test_y, num_samples)
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``aq_search.AutoQuant``."""
+        return {
+            "model": self.model,
+            "dummy_input": self.dummy_input,
+            "data_loader": self.calibration_batches,
+            "eval_callback": self.eval_callback,
+        }
+
+
+def digits_case(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, batch_size: int = 64, num_batches: int = 8) -> DigitsCase:
+    """The digits CNN with its data: calibration batches come from the training split, unlabeled."""
+    model = train_digits_cnn(cache_dir, seed)
+    split = load_digits_split(seed)
+    batches = [split.train_x[i : i + batch_size] for i in range(0, min(len(split.train_x), batch_size * num_batches), batch_size)]
+    return DigitsCase(model, split.train_x[:1].clone(), batches, split)
