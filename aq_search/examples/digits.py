@@ -2,10 +2,9 @@
 
 Self-contained on purpose (torch, numpy and scikit-learn only, no aq_search imports) so that the
 reference benchmark can load this file by path in AIMET's own environment and use the very same
-model, data and evaluation.
+model, data and evaluation. (No ``from __future__ import annotations``: AIMET's model preparation
+pickles the traced model, which fails on string annotations.)
 """
-
-from __future__ import annotations
 
 import hashlib
 import os
@@ -18,33 +17,37 @@ from torch import Tensor, nn
 
 __all__ = ["DigitsCNN", "DigitsCase", "digits_case", "load_digits_split", "train_digits_cnn"]
 
-_ARCH_VERSION = "digits-cnn-v1"
+_ARCH_VERSION = "digits-mobilenet-v2"
 
 
 class DigitsCNN(nn.Module):
-    """Two conv blocks and a classifier for 8x8 grayscale digits (about 14k parameters)."""
+    """A MobileNet-style network for 8x8 digits: depthwise-separable blocks with BatchNorm and ReLU6.
+
+    Small (about 4k parameters) and quick to train, yet hard to quantize the way real mobile
+    networks are: after BatchNorm folding its depthwise convs have very different ranges per
+    channel, so naive W4A8 per-tensor quantization collapses.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AvgPool2d(2)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.bn3 = nn.BatchNorm2d(32)
-        self.relu3 = nn.ReLU()
+
+        def block(cin: int, cout: int, k: int, groups: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()]
+
+        self.features = nn.Sequential(
+            *block(1, 16, 3),
+            *block(16, 16, 3, groups=16),
+            *block(16, 32, 1),
+            nn.AvgPool2d(2),
+            *block(32, 32, 3, groups=32),
+            *block(32, 64, 1),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.fc = nn.Linear(32 * 4 * 4, 10)
+        self.fc = nn.Linear(64, 10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        x = self.pool(x)
-        x = self.relu3(self.bn3(self.conv3(x)))
-        return self.fc(self.flatten(x))
+        return self.fc(self.flatten(self.pool(self.features(x))))
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ def load_digits_split(seed: int = 0, n_train: int = 1000) -> DigitsSplit:
     return DigitsSplit(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
 
 
-def train_digits_cnn(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, epochs: int = 30) -> DigitsCNN:
+def train_digits_cnn(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, epochs: int = 40) -> DigitsCNN:
     """Train (or load from ``cache_dir``) the digits CNN; deterministic for a seed. Returns it in eval mode."""
     split = load_digits_split(seed)
     model = DigitsCNN()

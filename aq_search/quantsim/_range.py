@@ -246,7 +246,10 @@ class SqnrEstimator(RangeEstimator):
     # -- activations -----------------------------------------------------------------------------
     def activation_range(self, stats: RangeStats, bitwidth: int, symmetric: bool) -> tuple[float, float]:
         assert stats.hist is not None
-        fracs = torch.arange(1, self.num_candidates + 1, dtype=torch.float64) / self.num_candidates
+        # Linear steps near the full range plus log-spaced ones down to 1e-4 of it (heavy tails).
+        linear = torch.arange(1, self.num_candidates + 1, dtype=torch.float64) / self.num_candidates
+        geometric = torch.logspace(-4, 0, self.num_candidates, dtype=torch.float64)
+        fracs = torch.unique(torch.cat([linear, geometric]))
         lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
         qmin, qmax = int_range(bitwidth, symmetric)
         if symmetric:

@@ -1,0 +1,360 @@
+"""Cross-layer equalization (CLE) and high-bias absorption (Nagel et al. 2019, "Data-Free Quantization")."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .._errors import InvalidInputError
+from ..quantsim import _ops
+from ._bn_fold import META_FOLDED, META_REPORT, META_UNFOLDED, FoldedBatchNorm
+from ._config import TechniqueConfig, bad_argument
+from ._graph import (
+    CONV_TRANSPOSES,
+    LAYERS,
+    batchnorm_nodes,
+    ensure_bias,
+    in_channel_absmax,
+    in_channels,
+    module_of,
+    num_calls,
+    out_channel_absmax,
+    out_channels,
+    prepared_copy,
+    scale_in_channels,
+    scale_out_channels,
+    set_module,
+)
+
+__all__ = ["CLEConfig", "CLEReport", "equalize_model"]
+
+logger = logging.getLogger(__name__)
+
+META_CLE = "cle"
+
+#: Activations that commute with a positive per-channel scale: f(x / s) == f(x) / s.
+_HOMOGENEOUS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU)
+#: Ops that act on each channel alone and commute with a positive per-channel scale.
+_LOOK_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+_RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze}
+_RESHAPES_METHOD = {"view", "reshape", "flatten", "squeeze"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CLEConfig(TechniqueConfig):
+    """Settings of :func:`equalize_model`.
+
+    Args:
+        high_bias_absorption: move the part of a layer's bias that the next ReLU never clips into
+            the next layer's bias (uses the folded BatchNorm statistics).
+        replace_relu6: replace a ReLU6 between two equalized layers by a ReLU (ReLU6 does not commute
+            with scaling). With False, chains through a ReLU6 are skipped.
+        num_std: high-bias absorption moves ``max(0, beta - num_std * |gamma|)`` per channel.
+        max_iterations: passes over a chain of three or more layers (pairwise scaling repeats
+            until the scales converge).
+        tolerance: convergence threshold on ``max |log(scale)|`` of a pass.
+    """
+
+    technique: ClassVar[str] = "cle"
+
+    high_bias_absorption: bool = True
+    replace_relu6: bool = True
+    num_std: float = 3.0
+    max_iterations: int = 100
+    tolerance: float = 1e-6
+
+    def __post_init__(self) -> None:
+        self._check_bool("high_bias_absorption")
+        self._check_bool("replace_relu6")
+        self._check_float("num_std", 0.0, 10.0)
+        self._check_int("max_iterations", 1, 100_000)
+        self._check_float("tolerance", 0.0, 1.0, lo_open=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLEReport:
+    """What :func:`equalize_model` did.
+
+    ``equalized``: the chains of layers equalized together, in order.
+    ``skipped``: ``(layer, reason)`` for each layer whose output could not be equalized with the next layer.
+    ``relu6_replaced``: the ReLU6 modules replaced by ReLU (the model's function changed there).
+    ``high_bias_absorbed``: ``(layer, next layer)`` pairs between which bias was moved.
+    """
+
+    equalized: tuple[tuple[str, ...], ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+    relu6_replaced: tuple[str, ...] = ()
+    high_bias_absorbed: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass
+class _Link:
+    first: str
+    second: str
+    path: list[fx.Node]  # the nodes strictly between the two layers
+
+
+def _is_relu6(module: nn.Module) -> bool:
+    return type(module) is nn.ReLU6 or (type(module) is nn.Hardtanh and (module.min_val, module.max_val) == (0.0, 6.0))
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def _keeps_channels(node: fx.Node) -> bool:
+    """A reshape of (N, C, 1, ..., 1) to (N, C) or similar: channel c stays channel c."""
+    inputs = [a for a in node.all_input_nodes]
+    if not inputs:
+        return False
+    before, after = _shape(inputs[0]), _shape(node)
+    if before is None or after is None or len(before) < 2 or len(after) < 2:
+        return False
+    return before[:2] == after[:2] and math.prod(before[2:]) == 1 and math.prod(after[2:]) == 1
+
+
+def _look_through(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = module_of(gm, node)
+    if module is not None:
+        if isinstance(module, _LOOK_THROUGH):
+            return True
+        return isinstance(module, _ops.Pad) and module.mode == "constant" and not module.value
+    if node.op == "call_function" and node.target in _RESHAPES_FN:
+        return _keeps_channels(node)
+    if node.op == "call_method" and str(node.target) in _RESHAPES_METHOD:
+        return _keeps_channels(node)
+    return False
+
+
+def _next_link(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int], config: CLEConfig) -> _Link | str:
+    """The layer that CLE can pair with ``node``'s layer, or why there is none."""
+    first = str(node.target)
+    path: list[fx.Node] = []
+    cur = node
+    while True:
+        users = list(cur.users)
+        where = "its output" if cur is node else f"the output of {cur.target!r}"
+        if not users:
+            return f"{where} is not used"
+        if len(users) != 1:
+            return f"{where} feeds {len(users)} ops (a residual or branch)"
+        user = users[0]
+        module = module_of(gm, user)
+        if module is not None and isinstance(module, LAYERS):
+            name = str(user.target)
+            if calls.get(name, 0) != 1:
+                return f"the next layer {name!r} is called {calls.get(name, 0)} times (shared weights)"
+            if not user.args or user.args[0] is not cur:
+                return f"it is not the input of the next layer {name!r}"
+            if in_channels(module) != out_channels(gm.get_submodule(first)):
+                return f"the next layer {name!r} does not take its channels one to one"
+            return _Link(first, name, path)
+        if module is not None and isinstance(module, _HOMOGENEOUS):
+            pass
+        elif module is not None and _is_relu6(module):
+            if not config.replace_relu6:
+                return f"it is followed by ReLU6 {user.target!r} and replace_relu6 is off"
+        elif not _look_through(gm, user):
+            what = type(module).__name__ if module is not None else f"{user.op} {getattr(user.target, '__name__', user.target)}"
+            return f"it is followed by {what} {user.name!r}, which does not commute with per-channel scaling"
+        path.append(user)
+        cur = user
+
+
+def _chains(links: dict[str, _Link]) -> list[list[str]]:
+    """Maximal sequences of linked layers (each layer has at most one link out and one in)."""
+    targets = {link.second for link in links.values()}
+    chains: list[list[str]] = []
+    for start in links:
+        if start in targets:
+            continue
+        chain = [start]
+        while chain[-1] in links:
+            chain.append(links[chain[-1]].second)
+        chains.append(chain)
+    return chains
+
+
+def _equalize_chain(
+    layers: list[nn.Module], config: CLEConfig
+) -> tuple[list[Tensor], int]:
+    """Scale the pairs of a chain until their ranges match; returns the total scale per link (float64)."""
+    totals = [torch.ones(out_channels(m), dtype=torch.float64) for m in layers[:-1]]
+    iterations = 0
+    for iterations in range(1, config.max_iterations + 1):  # noqa: B007 - reported after the loop
+        worst = 0.0
+        for k in range(len(layers) - 1):
+            r1 = out_channel_absmax(layers[k])
+            r2 = in_channel_absmax(layers[k + 1])
+            ok = (r1 > 0) & (r2 > 0)
+            s = torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, 1.0)), torch.ones_like(r1))
+            scale_out_channels(layers[k], 1.0 / s)
+            scale_in_channels(layers[k + 1], s)
+            totals[k] *= s
+            worst = max(worst, float(s.log().abs().max()))
+        if worst < config.tolerance or len(layers) == 2:
+            break
+    return totals, iterations
+
+
+@torch.no_grad()
+def _absorb_high_bias(first: nn.Module, second: nn.Module, stats: FoldedBatchNorm, num_std: float) -> FoldedBatchNorm | None:
+    """Move ``c = max(0, beta - num_std |gamma|)`` from ``first``'s bias to ``second``'s; the updated stats."""
+    beta, gamma = stats.beta.double(), stats.gamma.double()
+    c = torch.clamp(beta - num_std * gamma.abs(), min=0.0)
+    if not bool((c > 0).any()) or first.bias is None:
+        return None
+    w = second.weight.detach().double()
+    if isinstance(second, nn.Linear):
+        extra = w @ c
+    else:
+        g = int(second.groups)  # type: ignore[arg-type]
+        opg, ipg = w.shape[0] // g, w.shape[1]
+        extra = (w.reshape(g, opg, ipg, -1) * c.reshape(g, 1, ipg, 1)).sum(dim=(2, 3)).reshape(-1)
+    first.bias.sub_(c.to(first.bias.dtype))  # type: ignore[operator]
+    bias = ensure_bias(second)
+    bias.add_(extra.to(bias.dtype))
+    return dataclasses.replace(stats, beta=(beta - c).float())
+
+
+def _check_folded(gm: fx.GraphModule) -> None:
+    meta = gm.meta["aq_search"]
+    allowed = set(meta.get(META_UNFOLDED, {})) if META_REPORT in meta else set()
+    names = [str(n.target) for n in batchnorm_nodes(gm) if str(n.target) not in allowed]
+    if names:
+        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+        raise InvalidInputError(
+            f"equalize_model needs the BatchNorms folded first, but the model has {len(names)} unfolded BatchNorm "
+            f"layer(s): {shown}. Fix: call fold_all_batch_norms(model, dummy_input) and pass its result to "
+            "equalize_model (CLE does not fold BatchNorms itself)."
+        )
+
+
+def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None = None) -> fx.GraphModule:
+    """Cross-layer equalization with high-bias absorption.
+
+    Finds chains of layers ``conv -> (ReLU | ReLU6 | nothing) -> conv`` (also through zero padding,
+    dropout, pooling and depthwise convs) where each intermediate tensor has one consumer, and rescales
+    the output channels of each layer and the input channels of the next so that their per-channel
+    weight ranges match. Chains of three or more layers (depthwise-separable blocks) are rescaled
+    pairwise until the scales converge. Then, with ``high_bias_absorption``, the part of each layer's
+    bias that the following ReLU never clips moves into the next layer's bias.
+
+    The FP32 function is preserved, up to the ReLU6 -> ReLU replacements (reported) and the tiny
+    change of high-bias absorption (where values fall below ``beta - num_std * |gamma|``, or at
+    zero-padded borders of the next layer).
+
+    Args:
+        folded: the output of :func:`fold_all_batch_norms` (or any model without BatchNorms); not modified.
+        dummy_input: one batch the model accepts.
+        config: a :class:`CLEConfig`; defaults when None.
+
+    Returns:
+        A prepared ``torch.fx.GraphModule``; ``meta["aq_search"]["cle"]`` holds a :class:`CLEReport`
+        and ``meta["aq_search"]["folded_bn"]`` the rescaled BatchNorm statistics.
+
+    Raises:
+        InvalidInputError: the model has BatchNorms that were not folded (they are named).
+    """
+    config = CLEConfig() if config is None else config
+    if not isinstance(config, CLEConfig):
+        raise bad_argument("config", "equalize_model", "a CLEConfig or None", config)
+    gm = prepared_copy(folded, dummy_input, "equalize_model")
+    _check_folded(gm)
+    meta: dict[str, Any] = gm.meta["aq_search"]
+    stats: dict[str, FoldedBatchNorm] = dict(meta.get(META_FOLDED, {}))
+    calls = num_calls(gm)
+
+    links: dict[str, _Link] = {}
+    skipped: list[tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        module = module_of(gm, node)
+        if module is None or not isinstance(module, LAYERS):
+            continue
+        name = str(node.target)
+        if calls[name] != 1:
+            skipped.append((name, f"it is called {calls[name]} times (shared weights)"))
+            continue
+        link = _next_link(gm, node, calls, config)
+        if isinstance(link, _Link):
+            links[name] = link
+        else:
+            skipped.append((name, link))
+
+    equalized: list[tuple[str, ...]] = []
+    replaced: list[str] = []
+    absorbed: list[tuple[str, str]] = []
+    for chain in _chains(links):
+        layers = [gm.get_submodule(n) for n in chain]
+        for link_name in chain[:-1]:
+            for between in links[link_name].path:
+                module = module_of(gm, between)
+                if module is not None and _is_relu6(module):
+                    set_module(gm, str(between.target), nn.ReLU())
+                    replaced.append(str(between.target))
+        totals, iterations = _equalize_chain(layers, config)
+        logger.debug("CLE: chain %s converged in %d pass(es)", " -> ".join(chain), iterations)
+        for name, total in zip(chain[:-1], totals):
+            if name in stats:
+                st = stats[name]
+                inv = (1.0 / total).float()
+                stats[name] = dataclasses.replace(st, gamma=st.gamma * inv, beta=st.beta * inv)
+        equalized.append(tuple(chain))
+        if not config.high_bias_absorption:
+            continue
+        for k, name in enumerate(chain[:-1]):
+            nxt = chain[k + 1]
+            path_modules = [module_of(gm, n) for n in links[name].path]
+            relus = [m for m in path_modules if type(m) is nn.ReLU]
+            if name not in stats or len(relus) != 1 or isinstance(layers[k + 1], CONV_TRANSPOSES):
+                continue
+            updated = _absorb_high_bias(layers[k], layers[k + 1], stats[name], config.num_std)
+            if updated is not None:
+                stats[name] = updated
+                absorbed.append((name, nxt))
+
+    gm.graph.lint()
+    gm.recompile()
+    report = CLEReport(tuple(equalized), tuple(skipped), tuple(replaced), tuple(absorbed))
+    meta[META_FOLDED] = stats
+    meta[META_CLE] = report
+    logger.info(
+        "equalize_model: equalized %d chain(s) (%d layers), %d layer(s) without a partner, %d ReLU6 -> ReLU, "
+        "high-bias absorption on %d pair(s)",
+        len(equalized),
+        sum(len(c) for c in equalized),
+        len(skipped),
+        len(replaced),
+        len(absorbed),
+    )
+    if replaced:
+        logger.warning("equalize_model replaced ReLU6 by ReLU (the FP32 function changes there): %s", ", ".join(replaced))
+    return gm

@@ -1,0 +1,99 @@
+"""The base of technique configs: frozen dataclasses, validated, serialized by allowlist.
+
+A config holds primitives only (bools, ints, floats, strings and tuples of them), so ``to_dict()``
+output goes through YAML or JSON and comes back equal through ``from_dict()``. Unknown keys are
+rejected with the key named; values are checked by the class's ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from .._errors import InvalidInputError
+
+__all__ = ["TechniqueConfig", "bad_argument"]
+
+_C = TypeVar("_C", bound="TechniqueConfig")
+
+
+def bad_argument(param: str, who: str, must: str, value: object) -> InvalidInputError:
+    """The project's wording for a bad argument of a function."""
+    shown = repr(value) if isinstance(value, (int, float, str, bool, type(None))) else f"a {type(value).__name__}"
+    return InvalidInputError(f"The '{param}' parameter of {who} must be {must}. Got {shown} instead.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TechniqueConfig:
+    """Base class of the technique configs (``BatchNormFoldConfig``, ``CLEConfig`` ...)."""
+
+    #: Short id of the technique, as used in an ordering string such as ``"bnf>cle>adaround"``.
+    technique: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values (tuples become lists), for YAML/JSON."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any], where: str = "") -> _C:
+        """Build a config from :meth:`to_dict` output; unknown keys are an error naming them.
+
+        Args:
+            data: field values; missing fields take their defaults.
+            where: where the dict comes from (a file name ...), named in error messages.
+        """
+        place = f" in {where}" if where else ""
+        if not isinstance(data, Mapping):
+            raise InvalidInputError(f"{cls.__name__}.from_dict needs a mapping of field values{place}. Got {type(data).__name__} instead.")
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            raise InvalidInputError(
+                f"Unknown key(s) {unknown} for {cls.__name__}{place}; valid keys are {sorted(allowed)}."
+            )
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    # -- validation helpers (used by the subclasses' __post_init__) --------------------------------
+    def _fail(self, name: str, must: str, value: object) -> InvalidInputError:
+        return InvalidInputError(f"The '{name}' parameter of {type(self).__name__} must be {must}. Got {value!r} instead.")
+
+    def _check_bool(self, name: str) -> None:
+        value = getattr(self, name)
+        if not isinstance(value, bool):
+            raise self._fail(name, "a bool", value)
+
+    def _check_int(self, name: str, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
+        value = getattr(self, name)
+        if optional and value is None:
+            return
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi)
+        if bad:
+            bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise self._fail(name, f"an int {bounds}" + (" or None" if optional else ""), value)
+
+    def _check_float(
+        self,
+        name: str,
+        lo: float,
+        hi: float = math.inf,
+        *,
+        lo_open: bool = False,
+        hi_open: bool = False,
+    ) -> None:
+        """Accept ints too and store the value as a float."""
+        value = getattr(self, name)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok:
+            ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+        if not ok:
+            left = "(" if lo_open else "["
+            right = ")" if hi_open or hi == math.inf else "]"
+            raise self._fail(name, f"a finite number in {left}{lo}, {hi}{right}", value)
+        object.__setattr__(self, name, float(value))
