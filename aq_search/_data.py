@@ -60,7 +60,7 @@ def move_to(batch: Any, device: torch.device) -> Any:
 
 def _hash_into(h: Any, obj: Any) -> None:
     if isinstance(obj, Tensor):
-        t = obj.detach().cpu().contiguous()
+        t = obj.detach().cpu().contiguous().reshape(-1)
         h.update(str((t.dtype, tuple(t.shape))).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(obj, (tuple, list)):

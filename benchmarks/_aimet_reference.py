@@ -46,7 +46,7 @@ import resource
 import sys
 import time
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 
 def _rss_mib() -> float:
@@ -64,7 +64,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _resolve(path: str, base_dirs: List[str]) -> str:
+def _resolve(path: str, base_dirs: list[str]) -> str:
     if os.path.isabs(path):
         return path
     for base in base_dirs:
@@ -74,7 +74,7 @@ def _resolve(path: str, base_dirs: List[str]) -> str:
     return os.path.abspath(path)
 
 
-def load_case(spec: str, kwargs: Dict[str, Any], base_dirs: List[str]):
+def load_case(spec: str, kwargs: dict[str, Any], base_dirs: list[str]):
     """``spec`` is 'path/to/file.py:func' or 'pkg.module:func'."""
     target, _, func = spec.rpartition(":")
     if not target:
@@ -95,7 +95,7 @@ def load_case(spec: str, kwargs: Dict[str, Any], base_dirs: List[str]):
     return model, dummy_input, list(calib), eval_fn, {}
 
 
-def _stage_report(eval_manager) -> List[Dict[str, Any]]:
+def _stage_report(eval_manager) -> list[dict[str, Any]]:
     stages = []
     for title, sess in getattr(eval_manager, "_all_sessions", {}).items():
         res = dict(sess.result)
@@ -113,7 +113,7 @@ def _stage_report(eval_manager) -> List[Dict[str, Any]]:
     return stages
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("job", help="path to the JSON job description")
     args = ap.parse_args(argv)
@@ -129,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     os.makedirs(results_dir, exist_ok=True)
     out_path = os.path.abspath(job.get("output") or os.path.join(results_dir, "result.json"))
 
-    result: Dict[str, Any] = {
+    result: dict[str, Any] = {
         "tool": "aimet_torch.AutoQuant",
         "job": job,
         "fp32_accuracy": None,            # our eval_fn on the unquantized model
@@ -177,9 +177,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.manual_seed(seed)
 
         import aimet_torch
-        from aimet_torch.auto_quant import AutoQuant, AutoQuantWithAutoMixedPrecision
         from aimet_torch.adaround import AdaroundParameters
-        from aimet_torch.common.defs import QuantScheme, QuantizationDataType
+        from aimet_torch.auto_quant import AutoQuant, AutoQuantWithAutoMixedPrecision
+        from aimet_torch.common.defs import QuantizationDataType, QuantScheme
 
         result["versions"] = {"aimet_torch": getattr(aimet_torch, "__version__", "?"),
                               "torch": torch.__version__, "python": sys.version.split()[0],

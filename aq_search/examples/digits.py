@@ -143,7 +143,9 @@ class DigitsCase:
         }
 
 
-def digits_case(cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, batch_size: int = 64, num_batches: int = 8) -> DigitsCase:
+def digits_case(
+    cache_dir: str | os.PathLike[str] | None = None, seed: int = 0, batch_size: int = 64, num_batches: int = 8
+) -> DigitsCase:
     """The digits CNN with its data: calibration batches come from the training split, unlabeled."""
     model = train_digits_cnn(cache_dir, seed)
     split = load_digits_split(seed)

@@ -317,9 +317,7 @@ def is_prepared(model: nn.Module) -> bool:
 
 def _check_model(model: object) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise InvalidInputError(
-            f"model must be a torch.nn.Module (a trained FP32 model). Got {type(model).__name__} instead."
-        )
+        raise InvalidInputError(f"model must be a torch.nn.Module (a trained FP32 model). Got {type(model).__name__} instead.")
     return model
 
 
@@ -337,7 +335,7 @@ def check_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
         return _run(model, dummy_input)
     except InvalidInputError:
         raise
-    except Exception as err:  # noqa: BLE001 - the user's model may raise anything
+    except Exception as err:
         shapes = pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, Tensor) else t, dummy_input)
         raise InvalidInputError(
             f"The model rejected dummy_input (shapes {shapes}): {type(err).__name__}: {err}. "
@@ -385,7 +383,7 @@ def _trace(model: nn.Module, dummy_input: Any, leaf_modules: Sequence[type[nn.Mo
     concrete = _concrete_args(model, dummy_input)
     try:
         graph = tracer.trace(model, concrete_args=concrete or None)
-    except Exception as err:  # noqa: BLE001 - tracing user code can fail in many ways
+    except Exception as err:
         stack = list(getattr(tracer, "module_stack", {}).keys())
         where = stack[-1] if stack else "<model>"
         where = where or "<model>"
@@ -468,8 +466,9 @@ def _weighted_module(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, list
         b = _get_attr_value(gm, b_node)
         if not isinstance(w, nn.Parameter) or (b_node is not None and not isinstance(b, nn.Parameter)):
             return None
-        dims = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}[t]  # type: ignore[index]
-        cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+        cls: type[nn.Conv1d | nn.Conv2d | nn.Conv3d] = (
+            nn.Conv1d if t is F.conv1d else nn.Conv2d if t is F.conv2d else nn.Conv3d
+        )
         stride = _arg(node, 3, "stride", 1)
         padding = _arg(node, 4, "padding", 0)
         dilation = _arg(node, 5, "dilation", 1)
@@ -480,7 +479,7 @@ def _weighted_module(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, list
         conv = cls(
             in_per_group * groups,
             out_ch,
-            tuple(w.shape[2:]),
+            tuple(w.shape[2:]),  # type: ignore[arg-type]
             stride=stride,
             padding=padding,
             dilation=dilation,
@@ -548,11 +547,10 @@ def _functional_module(node: fx.Node) -> tuple[nn.Module, list[Any], str] | None
             dim = args[1] if len(args) > 1 else node.kwargs.get("dim", node.kwargs.get("axis", 0))
             if not isinstance(tensors, (list, tuple)) or not all(_is_tensor_node(a) for a in tensors) or isinstance(dim, fx.Node):
                 return None
-            return _ops.Concat(dim), list(tensors), "cat"
+            return _ops.Concat(int(dim)), list(tensors), "cat"  # type: ignore[arg-type]
         if t in _UNARY and args and _is_tensor_node(args[0]):
-            if t is F.elu or t is F.softplus:
-                if len(args) > 1 or node.kwargs:
-                    return None
+            if (t is F.elu or t is F.softplus) and (len(args) > 1 or node.kwargs):
+                return None
             cls = _UNARY[t]
             return cls(), [args[0]], cls.__name__.lower()
         if t is F.hardtanh and args and _is_tensor_node(args[0]):
@@ -563,7 +561,7 @@ def _functional_module(node: fx.Node) -> tuple[nn.Module, list[Any], str] | None
         if t is F.leaky_relu and args and _is_tensor_node(args[0]):
             return nn.LeakyReLU(_arg(node, 1, "negative_slope", 0.01)), [args[0]], "leaky_relu"
         if t is F.gelu and args and _is_tensor_node(args[0]):
-            return nn.GELU(approximate=node.kwargs.get("approximate", "none")), [args[0]], "gelu"
+            return nn.GELU(approximate=str(node.kwargs.get("approximate", "none"))), [args[0]], "gelu"
         if t in (F.softmax, torch.softmax) and args and _is_tensor_node(args[0]):
             dim = _arg(node, 1, "dim", None)
             if dim is None or isinstance(dim, fx.Node):
@@ -867,7 +865,9 @@ def _outputs_close(a: Any, b: Any) -> tuple[bool, float]:
     return True, worst
 
 
-def _prepare(model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]) -> tuple[fx.GraphModule, PreparationReport]:
+def _prepare(
+    model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]
+) -> tuple[fx.GraphModule, PreparationReport]:
     module = _check_model(model)
     reference = check_dummy_input(module, dummy_input)
     state = _State()
@@ -906,9 +906,7 @@ def _prepare(model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Mod
     return gm, report
 
 
-def prepare_model(
-    model: nn.Module, dummy_input: Any, *, leaf_modules: Sequence[type[nn.Module] | str] = ()
-) -> fx.GraphModule:
+def prepare_model(model: nn.Module, dummy_input: Any, *, leaf_modules: Sequence[type[nn.Module] | str] = ()) -> fx.GraphModule:
     """Trace ``model`` and turn its functional ops into modules; the original model is not modified.
 
     Args:

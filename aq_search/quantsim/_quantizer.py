@@ -28,6 +28,33 @@ def check_bitwidth(bitwidth: object, what: str = "bitwidth") -> int:
     return bitwidth
 
 
+_CHUNK = 1 << 18
+
+
+def _fake_quant_per_tensor_inference(
+    x: Tensor, scale: float, zero_point: int, qmin: int, qmax: int, inv: float | None = None
+) -> Tensor:
+    """``torch.fake_quantize_per_tensor_affine`` without autograd, bit for bit, 2-3x faster on CPU.
+
+    ``clamp(round(x / s) + zp, qmin, qmax) - zp == clamp(round(x / s), qmin - zp, qmax - zp)`` for an
+    integer zero point, so four in-place passes do it; large tensors go in cache-sized chunks so the
+    four passes read memory about once.
+    """
+    if inv is None:
+        inv = float(torch.tensor(1.0, dtype=torch.float32) / torch.tensor(scale, dtype=torch.float32))
+    lo, hi = qmin - zero_point, qmax - zero_point
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.numel() <= 2 * _CHUNK or x.device.type != "cpu":
+        y = torch.mul(x, inv)
+        return y.round_().clamp_(lo, hi).mul_(scale)
+    out = torch.empty_like(x)
+    flat_in, flat_out = x.view(-1), out.view(-1)
+    for start in range(0, flat_in.numel(), _CHUNK):
+        o = flat_out[start : start + _CHUNK]
+        torch.mul(flat_in[start : start + _CHUNK], inv, out=o)
+        o.round_().clamp_(lo, hi).mul_(scale)
+    return out
+
+
 class FakeQuantizer(nn.Module):
     """Simulates the quantization of one tensor.
 
@@ -79,7 +106,7 @@ class FakeQuantizer(nn.Module):
         self.register_buffer("scale", None, persistent=False)
         self.register_buffer("zero_point", None, persistent=False)
         self.register_buffer("rounding", None)
-        self._qparams: tuple[float, int, int, int] | None = None
+        self._qparams: tuple[float, int, int, int, float] | None = None
         #: ``(lo, hi)`` of a ReLU/ReLU6 folded into this quantizer (the activation op is skipped).
         self.fused_clamp: tuple[float, float] | None = None
 
@@ -212,8 +239,10 @@ class FakeQuantizer(nn.Module):
         if self.axis is None:
             if self._qparams is None:
                 self._qparams = self._per_tensor_qparams(scale, zp, qmin, qmax)
-            s, z, lo, hi = self._qparams
-            return torch.fake_quantize_per_tensor_affine(x, s, z, lo, hi)
+            s_f, z_i, lo_q, hi_q, inv_f = self._qparams
+            if torch.is_grad_enabled() and x.requires_grad:
+                return torch.fake_quantize_per_tensor_affine(x, s_f, z_i, lo_q, hi_q)
+            return _fake_quant_per_tensor_inference(x, s_f, z_i, lo_q, hi_q, inv_f)
         if torch.is_grad_enabled() and x.requires_grad:
             return torch.fake_quantize_per_channel_affine(x, scale.to(x.device), zp.to(x.device), self.axis, qmin, qmax)
         # Same math as the fused kernel (bit for bit), several times faster on CPU for weights.
@@ -226,7 +255,7 @@ class FakeQuantizer(nn.Module):
         z = zp.to(device=x.device, dtype=x.dtype).reshape(shape)
         return q.add_(z).clamp_(qmin, qmax).sub_(z).mul_(s)
 
-    def _per_tensor_qparams(self, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> tuple[float, int, int, int]:
+    def _per_tensor_qparams(self, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> tuple[float, int, int, int, float]:
         """Python scalars for the fused kernel; a fused ReLU/ReLU6 clamp narrows the integer range.
 
         ``fq(clamp(x, lo, hi)) == fq(x)`` with the grid clamped to ``[round(lo / s), round(hi / s)] + zp``,
@@ -234,15 +263,15 @@ class FakeQuantizer(nn.Module):
         """
         s, z = float(scale[0]), int(zp[0])
         lo_q, hi_q = qmin, qmax
+        inv = 1.0 / scale[:1].to(torch.float32)
         if self.fused_clamp is not None:
-            inv = 1.0 / scale[:1].to(torch.float32)
             lo, hi = self.fused_clamp
             if math.isfinite(lo):
                 lo_q = max(qmin, z + int(torch.round(torch.tensor([lo], dtype=torch.float32) * inv)))
             if math.isfinite(hi):
                 hi_q = min(qmax, z + int(torch.round(torch.tensor([hi], dtype=torch.float32) * inv)))
             lo_q, hi_q = min(lo_q, z), max(hi_q, z)
-        return s, z, lo_q, hi_q
+        return s, z, lo_q, hi_q, float(inv)
 
     def _adarounded(self, x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> Tensor:
         assert self.rounding is not None

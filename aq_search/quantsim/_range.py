@@ -376,7 +376,9 @@ def _parse_scheme(scheme: object) -> _SchemeSpec:
         try:
             pct = float(value)
         except ValueError:
-            raise InvalidInputError(f"The percentile in quant scheme {scheme!r} must be a number, e.g. 'percentile:99.99'.") from None
+            raise InvalidInputError(
+                f"The percentile in quant scheme {scheme!r} must be a number, e.g. 'percentile:99.99'."
+            ) from None
     text = _ALIASES.get(text, text)
     if text not in QUANT_SCHEMES:
         raise InvalidInputError(

@@ -328,7 +328,9 @@ class QuantSim:
         try:
             return self._param[f"{module_name}.weight"]
         except KeyError:
-            raise InvalidInputError(self._unknown(module_name, [n.rpartition(".")[0] for n in self._param], "weight quantizer")) from None
+            raise InvalidInputError(
+                self._unknown(module_name, [n.rpartition(".")[0] for n in self._param], "weight quantizer")
+            ) from None
 
     def output_quantizers(self, module_name: str) -> list[FakeQuantizer]:
         """The quantizer(s) of a module's output (several when a shared module is called more than once)."""
@@ -349,7 +351,10 @@ class QuantSim:
         known = list(known)
         close = difflib.get_close_matches(name, known, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        return f"No {what} for module {name!r}.{hint} Names are module names of the prepared model (sim.quantized_layers lists the layers)."
+        return (
+            f"No {what} for module {name!r}.{hint} "
+            "Names are module names of the prepared model (sim.quantized_layers lists the layers)."
+        )
 
     def module_names(self) -> list[str]:
         """Every module name with a quantizer (weights or output), plus the model inputs."""
@@ -384,7 +389,8 @@ class QuantSim:
         )
         if passthrough:
             for arg in node.all_input_nodes:
-                self._walk_to_quantizer(arg, found, seen)
+                if "tensor_meta" in arg.meta or "type" not in arg.meta:  # skip shape queries: x.view(x.size(0), -1)
+                    self._walk_to_quantizer(arg, found, seen)
 
     # -- configuration ---------------------------------------------------------------------------
     def _match(self, pattern: str) -> list[str]:
@@ -481,7 +487,9 @@ class QuantSim:
     # -- calibration -----------------------------------------------------------------------------
     @property
     def _encoded(self) -> bool:
-        return any(q.scale is not None for q in self._activation.values()) or any(q.scale is not None for q in self._param.values())
+        return any(q.scale is not None for q in self._activation.values()) or any(
+            q.scale is not None for q in self._param.values()
+        )
 
     @contextmanager
     def _calibrating(self) -> Iterator[None]:
@@ -539,10 +547,8 @@ class QuantSim:
         with self._calibrating(), torch.no_grad():
             try:
                 run(self.model)
-            except Exception as err:  # noqa: BLE001 - user code
-                raise CalibrationError(
-                    f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}"
-                ) from err
+            except Exception as err:
+                raise CalibrationError(f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}") from err
         self._compute_activation_encodings(after_calibration=True)
         self.compute_param_encodings()
 
@@ -560,9 +566,7 @@ class QuantSim:
                 continue
             if name in unseen:
                 if after_calibration:
-                    logger.warning(
-                        "activation quantizer %r saw no calibration data (its op never ran); it is disabled", name
-                    )
+                    logger.warning("activation quantizer %r saw no calibration data (its op never ran); it is disabled", name)
                     q.enabled = False
                 continue
             q.compute_encoding()
@@ -671,7 +675,7 @@ class QuantSim:
         for kind, items in (("param", self._param), ("act", self._activation)):
             for name, q in items.items():
                 fmt = f"{q.dtype}{q.bitwidth}"
-                lines.append(f"{kind:6} {name:50} {fmt:7} {str(q.enabled):8} {'yes' if q.has_encoding else 'no'}")
+                lines.append(f"{kind:6} {name:50} {fmt:7} {q.enabled!s:8} {'yes' if q.has_encoding else 'no'}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

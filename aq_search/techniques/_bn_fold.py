@@ -23,6 +23,7 @@ from ._graph import (
     prepared_copy,
     scale_in_channels,
     scale_out_channels,
+    weight_of,
 )
 
 __all__ = ["BatchNormFoldConfig", "BatchNormFoldReport", "FoldedBatchNorm", "fold_all_batch_norms"]
@@ -112,8 +113,8 @@ def _why_not_forward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: di
         return f"the layer before it, {name!r}, is called {calls.get(name, 0)} times (shared weights)"
     if len(producer.users) != 1:
         return f"the output of {name!r} also feeds {len(producer.users) - 1} other op(s)"
-    if out_channels(layer) != bn.num_features:  # type: ignore[union-attr]
-        return f"{name!r} has {out_channels(layer)} output channels, the BatchNorm {bn.num_features}"  # type: ignore[union-attr]
+    if out_channels(layer) != bn.num_features:
+        return f"{name!r} has {out_channels(layer)} output channels, the BatchNorm {bn.num_features}"
     if isinstance(layer, nn.Linear) and len(_shape(producer) or ()) != 2:
         return f"the output of Linear {name!r} is not 2-d, so the BatchNorm does not normalize its features"
     return None
@@ -139,11 +140,8 @@ def _why_not_backward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: d
         if len(_shape(node) or ()) != 2:
             return f"its output is not 2-d, so Linear {name!r} does not act on the normalized features"
         return None
-    padding = layer.padding
-    if isinstance(padding, str):
-        zero_padded = padding != "valid"
-    else:
-        zero_padded = any(int(p) != 0 for p in padding)  # type: ignore[union-attr]
+    padding: Any = getattr(layer, "padding", ())
+    zero_padded = padding != "valid" if isinstance(padding, str) else any(int(p) != 0 for p in padding)
     if zero_padded and layer.padding_mode == "zeros":
         return f"{name!r} pads with zeros (folding into it would change the border outputs)"
     return None
@@ -165,7 +163,7 @@ def _fold_backward(bn: nn.Module, layer: nn.Module) -> None:
     gamma, beta, mean, var, eps = _bn_affine(bn)
     scale = gamma / torch.sqrt(var + eps)
     shift = beta - mean * scale
-    w = layer.weight.detach().double()
+    w = weight_of(layer).detach().double()
     if isinstance(layer, nn.Linear):
         extra = w @ shift
     else:
@@ -232,14 +230,18 @@ def fold_all_batch_norms(model: nn.Module, dummy_input: Any, config: BatchNormFo
             node.replace_all_uses_with(producer)
             folded.append((name, layer_name, "forward"))
         else:
-            backward = _why_not_backward(gm, node, bn, calls) if config.fold_into_following else "folding into the next layer is off"
+            backward = (
+                _why_not_backward(gm, node, bn, calls) if config.fold_into_following else "folding into the next layer is off"
+            )
             if backward is not None:
                 unfolded[name] = f"{forward}; and {backward}"
                 continue
             consumer = next(iter(node.users))
             layer_name = str(consumer.target)
             _fold_backward(bn, gm.get_submodule(layer_name))
-            node.replace_all_uses_with(node.args[0])  # type: ignore[arg-type]
+            source = node.args[0]
+            assert isinstance(source, fx.Node)
+            node.replace_all_uses_with(source)
             folded.append((name, layer_name, "backward"))
         gm.graph.erase_node(node)
         gm.delete_submodule(name)
@@ -255,4 +257,3 @@ def fold_all_batch_norms(model: nn.Module, dummy_input: Any, config: BatchNormFo
     for bn_name, reason in unfolded.items():
         logger.warning("fold_all_batch_norms: BatchNorm %r is not folded: %s", bn_name, reason)
     return gm
-

@@ -19,7 +19,9 @@ from ._graph import (
     CONV_TRANSPOSES,
     LAYERS,
     batchnorm_nodes,
+    bias_of,
     ensure_bias,
+    groups_of,
     in_channel_absmax,
     in_channels,
     module_of,
@@ -30,6 +32,7 @@ from ._graph import (
     scale_in_channels,
     scale_out_channels,
     set_module,
+    weight_of,
 )
 
 __all__ = ["CLEConfig", "CLEReport", "equalize_model"]
@@ -63,6 +66,7 @@ _LOOK_THROUGH: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveAvgPool3d,
 )
+_RELU6_POLICIES = ("always", "unclipped", "never")
 _RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze}
 _RESHAPES_METHOD = {"view", "reshape", "flatten", "squeeze"}
 
@@ -74,8 +78,13 @@ class CLEConfig(TechniqueConfig):
     Args:
         high_bias_absorption: move the part of a layer's bias that the next ReLU never clips into
             the next layer's bias (uses the folded BatchNorm statistics).
-        replace_relu6: replace a ReLU6 between two equalized layers by a ReLU (ReLU6 does not commute
-            with scaling). With False, chains through a ReLU6 are skipped.
+        replace_relu6: which ReLU6 between two layers to replace by a ReLU so that the pair can be
+            equalized (ReLU6 does not commute with scaling): ``"always"`` (as in the DFQ paper and
+            AIMET), ``"unclipped"`` (only where the folded BatchNorm statistics say the ReLU6 almost
+            never clips: expected clipped fraction below ``relu6_clip_tolerance``) or ``"never"``.
+            A chain through a ReLU6 that is not replaced is not equalized.
+        relu6_clip_tolerance: for ``"unclipped"``: the largest expected fraction of values above 6,
+            estimated per channel as a Gaussian with the BatchNorm's ``beta`` and ``|gamma|``.
         num_std: high-bias absorption moves ``max(0, beta - num_std * |gamma|)`` per channel.
         max_iterations: passes over a chain of three or more layers (pairwise scaling repeats
             until the scales converge).
@@ -85,14 +94,17 @@ class CLEConfig(TechniqueConfig):
     technique: ClassVar[str] = "cle"
 
     high_bias_absorption: bool = True
-    replace_relu6: bool = True
+    replace_relu6: str = "always"
+    relu6_clip_tolerance: float = 1e-4
     num_std: float = 3.0
     max_iterations: int = 100
     tolerance: float = 1e-6
 
     def __post_init__(self) -> None:
         self._check_bool("high_bias_absorption")
-        self._check_bool("replace_relu6")
+        if self.replace_relu6 not in _RELU6_POLICIES:
+            raise self._fail("replace_relu6", f"one of {list(_RELU6_POLICIES)}", self.replace_relu6)
+        self._check_float("relu6_clip_tolerance", 0.0, 1.0)
         self._check_float("num_std", 0.0, 10.0)
         self._check_int("max_iterations", 1, 100_000)
         self._check_float("tolerance", 0.0, 1.0, lo_open=True)
@@ -141,11 +153,25 @@ def _keeps_channels(node: fx.Node) -> bool:
     return before[:2] == after[:2] and math.prod(before[2:]) == 1 and math.prod(after[2:]) == 1
 
 
+def _spatial_mean(node: fx.Node, module: _ops.Mean) -> bool:
+    """A mean over spatial dims only (e.g. ``x.mean((2, 3))``): channel ``c`` stays channel ``c``."""
+    inputs = node.all_input_nodes
+    before = _shape(inputs[0]) if inputs else None
+    if before is None or module.dim is None:
+        return False
+    dims = module.dim if isinstance(module.dim, tuple) else (module.dim,)
+    if not all(isinstance(d, int) for d in dims):
+        return False
+    return all(d % len(before) >= 2 for d in dims)
+
+
 def _look_through(gm: fx.GraphModule, node: fx.Node) -> bool:
     module = module_of(gm, node)
     if module is not None:
         if isinstance(module, _LOOK_THROUGH):
             return True
+        if isinstance(module, _ops.Mean):
+            return _spatial_mean(node, module)
         return isinstance(module, _ops.Pad) and module.mode == "constant" and not module.value
     if node.op == "call_function" and node.target in _RESHAPES_FN:
         return _keeps_channels(node)
@@ -154,7 +180,33 @@ def _look_through(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def _next_link(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int], config: CLEConfig) -> _Link | str:
+def _clipped_fraction(stats: FoldedBatchNorm | None) -> float | None:
+    """Expected fraction of a folded layer's outputs above 6 (Gaussian per channel), None without statistics."""
+    if stats is None:
+        return None
+    beta, gamma = stats.beta.double(), stats.gamma.double().abs().clamp_min(1e-12)
+    return float((0.5 * torch.erfc((6.0 - beta) / (gamma * math.sqrt(2.0)))).mean())
+
+
+def _relu6_blocker(
+    config: CLEConfig, relu6: fx.Node, first: str, path: list[fx.Node], stats: dict[str, FoldedBatchNorm]
+) -> str | None:
+    """Why the ReLU6 ``relu6`` may not be replaced by a ReLU under the config's policy (None: it may)."""
+    if config.replace_relu6 == "always":
+        return None
+    if config.replace_relu6 == "never":
+        return f"it is followed by ReLU6 {relu6.target!r} and replace_relu6 is 'never'"
+    fraction = _clipped_fraction(stats.get(first)) if not path else None  # statistics of the layer's own output
+    if fraction is None:
+        return f"ReLU6 {relu6.target!r} follows it and there are no BatchNorm statistics to tell whether it clips"
+    if fraction > config.relu6_clip_tolerance:
+        return f"ReLU6 {relu6.target!r} clips about {fraction:.2%} of its inputs (replacing it would change the model)"
+    return None
+
+
+def _next_link(
+    gm: fx.GraphModule, node: fx.Node, calls: dict[str, int], config: CLEConfig, stats: dict[str, FoldedBatchNorm]
+) -> _Link | str:
     """The layer that CLE can pair with ``node``'s layer, or why there is none."""
     first = str(node.target)
     path: list[fx.Node] = []
@@ -180,8 +232,9 @@ def _next_link(gm: fx.GraphModule, node: fx.Node, calls: dict[str, int], config:
         if module is not None and isinstance(module, _HOMOGENEOUS):
             pass
         elif module is not None and _is_relu6(module):
-            if not config.replace_relu6:
-                return f"it is followed by ReLU6 {user.target!r} and replace_relu6 is off"
+            blocker = _relu6_blocker(config, user, first, path, stats)
+            if blocker is not None:
+                return blocker
         elif not _look_through(gm, user):
             what = type(module).__name__ if module is not None else f"{user.op} {getattr(user.target, '__name__', user.target)}"
             return f"it is followed by {what} {user.name!r}, which does not commute with per-channel scaling"
@@ -203,9 +256,7 @@ def _chains(links: dict[str, _Link]) -> list[list[str]]:
     return chains
 
 
-def _equalize_chain(
-    layers: list[nn.Module], config: CLEConfig
-) -> tuple[list[Tensor], int]:
+def _equalize_chain(layers: list[nn.Module], config: CLEConfig) -> tuple[list[Tensor], int]:
     """Scale the pairs of a chain until their ranges match; returns the total scale per link (float64)."""
     totals = [torch.ones(out_channels(m), dtype=torch.float64) for m in layers[:-1]]
     iterations = 0
@@ -230,16 +281,17 @@ def _absorb_high_bias(first: nn.Module, second: nn.Module, stats: FoldedBatchNor
     """Move ``c = max(0, beta - num_std |gamma|)`` from ``first``'s bias to ``second``'s; the updated stats."""
     beta, gamma = stats.beta.double(), stats.gamma.double()
     c = torch.clamp(beta - num_std * gamma.abs(), min=0.0)
-    if not bool((c > 0).any()) or first.bias is None:
+    first_bias = bias_of(first)
+    if not bool((c > 0).any()) or first_bias is None:
         return None
-    w = second.weight.detach().double()
+    w = weight_of(second).detach().double()
     if isinstance(second, nn.Linear):
         extra = w @ c
     else:
-        g = int(second.groups)  # type: ignore[arg-type]
+        g = groups_of(second)
         opg, ipg = w.shape[0] // g, w.shape[1]
         extra = (w.reshape(g, opg, ipg, -1) * c.reshape(g, 1, ipg, 1)).sum(dim=(2, 3)).reshape(-1)
-    first.bias.sub_(c.to(first.bias.dtype))  # type: ignore[operator]
+    first_bias.sub_(c.to(first_bias.dtype))
     bias = ensure_bias(second)
     bias.add_(extra.to(bias.dtype))
     return dataclasses.replace(stats, beta=(beta - c).float())
@@ -303,7 +355,7 @@ def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None
         if calls[name] != 1:
             skipped.append((name, f"it is called {calls[name]} times (shared weights)"))
             continue
-        link = _next_link(gm, node, calls, config)
+        link = _next_link(gm, node, calls, config, stats)
         if isinstance(link, _Link):
             links[name] = link
         else:

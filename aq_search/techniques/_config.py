@@ -50,13 +50,13 @@ class TechniqueConfig:
         """
         place = f" in {where}" if where else ""
         if not isinstance(data, Mapping):
-            raise InvalidInputError(f"{cls.__name__}.from_dict needs a mapping of field values{place}. Got {type(data).__name__} instead.")
+            raise InvalidInputError(
+                f"{cls.__name__}.from_dict needs a mapping of field values{place}. Got {type(data).__name__} instead."
+            )
         allowed = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in data if k not in allowed)
         if unknown:
-            raise InvalidInputError(
-                f"Unknown key(s) {unknown} for {cls.__name__}{place}; valid keys are {sorted(allowed)}."
-            )
+            raise InvalidInputError(f"Unknown key(s) {unknown} for {cls.__name__}{place}; valid keys are {sorted(allowed)}.")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 

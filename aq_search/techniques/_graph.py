@@ -16,6 +16,12 @@ __all__ = [
     "CONV_TRANSPOSES",
     "LAYERS",
     "batchnorm_nodes",
+    "bias_of",
+    "ensure_bias",
+    "groups_of",
+    "in_channels",
+    "out_channels",
+    "weight_of",
     "in_channel_absmax",
     "module_of",
     "num_calls",
@@ -71,13 +77,31 @@ def set_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     parent._modules[attr] = module
 
 
+# -- typed access to layer attributes ------------------------------------------------------------------
+def weight_of(layer: nn.Module) -> Tensor:
+    """The layer's weight tensor (the float one: techniques on models run before quantizers exist)."""
+    w = layer.weight
+    assert isinstance(w, Tensor)
+    return w
+
+
+def bias_of(layer: nn.Module) -> Tensor | None:
+    b = layer.bias
+    assert b is None or isinstance(b, Tensor)
+    return b
+
+
+def groups_of(layer: nn.Module) -> int:
+    return int(getattr(layer, "groups", 1))
+
+
 # -- weight layout -------------------------------------------------------------------------------------
 # Conv: (out, in/groups, *k). ConvTranspose: (in, out/groups, *k). Linear: (out, in).
 def out_channel_absmax(layer: nn.Module) -> Tensor:
     """Per output channel, the largest absolute weight (float64)."""
-    w = layer.weight.detach().double()
+    w = weight_of(layer).detach().double()
     if isinstance(layer, CONV_TRANSPOSES):
-        g = int(layer.groups)  # type: ignore[arg-type]
+        g = groups_of(layer)
         v = w.abs().reshape(g, w.shape[0] // g, w.shape[1], -1)
         return v.amax(dim=(1, 3)).reshape(-1)
     return w.abs().reshape(w.shape[0], -1).amax(dim=1)
@@ -85,11 +109,11 @@ def out_channel_absmax(layer: nn.Module) -> Tensor:
 
 def in_channel_absmax(layer: nn.Module) -> Tensor:
     """Per input channel, the largest absolute weight over every output it feeds (float64)."""
-    w = layer.weight.detach().double().abs()
+    w = weight_of(layer).detach().double().abs()
     if isinstance(layer, CONV_TRANSPOSES):
         return w.reshape(w.shape[0], -1).amax(dim=1)
     if isinstance(layer, CONVS):
-        g = int(layer.groups)  # type: ignore[arg-type]
+        g = groups_of(layer)
         v = w.reshape(g, w.shape[0] // g, w.shape[1], -1)
         return v.amax(dim=(1, 3)).reshape(-1)
     return w.amax(dim=0)
@@ -98,28 +122,29 @@ def in_channel_absmax(layer: nn.Module) -> Tensor:
 @torch.no_grad()
 def scale_out_channels(layer: nn.Module, factor: Tensor) -> None:
     """Multiply output channel ``c`` of the layer (weight and bias) by ``factor[c]``."""
-    w = layer.weight
+    w = weight_of(layer)
     f = factor.to(w.dtype)
     if isinstance(layer, CONV_TRANSPOSES):
-        g = int(layer.groups)  # type: ignore[arg-type]
+        g = groups_of(layer)
         ipg, opg = w.shape[0] // g, w.shape[1]
         per_element = f.reshape(g, 1, opg).expand(g, ipg, opg).reshape(w.shape[0], opg)
         w.mul_(per_element.reshape(w.shape[0], opg, *([1] * (w.dim() - 2))))
     else:
         w.mul_(f.reshape([-1] + [1] * (w.dim() - 1)))
-    if layer.bias is not None:
-        layer.bias.mul_(f)  # type: ignore[operator]
+    bias = bias_of(layer)
+    if bias is not None:
+        bias.mul_(f)
 
 
 @torch.no_grad()
 def scale_in_channels(layer: nn.Module, factor: Tensor) -> None:
     """Multiply input channel ``c`` of the layer's weight by ``factor[c]`` (the bias is unchanged)."""
-    w = layer.weight
+    w = weight_of(layer)
     f = factor.to(w.dtype)
     if isinstance(layer, CONV_TRANSPOSES):
         w.mul_(f.reshape([-1] + [1] * (w.dim() - 1)))
     elif isinstance(layer, CONVS):
-        g = int(layer.groups)  # type: ignore[arg-type]
+        g = groups_of(layer)
         opg, ipg = w.shape[0] // g, w.shape[1]
         view = w.view(g, opg, ipg, -1)
         view.mul_(f.reshape(g, 1, ipg, 1))
@@ -130,19 +155,19 @@ def scale_in_channels(layer: nn.Module, factor: Tensor) -> None:
 def out_channels(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return int(layer.out_features)
-    return int(layer.out_channels)  # type: ignore[arg-type]
+    return int(getattr(layer, "out_channels"))  # noqa: B009 - typed access
 
 
 def in_channels(layer: nn.Module) -> int:
     if isinstance(layer, nn.Linear):
         return int(layer.in_features)
-    return int(layer.in_channels)  # type: ignore[arg-type]
+    return int(getattr(layer, "in_channels"))  # noqa: B009 - typed access
 
 
 def ensure_bias(layer: nn.Module) -> nn.Parameter:
     """The layer's bias, created as zeros when it has none."""
     if layer.bias is None:
-        w = layer.weight
+        w = weight_of(layer)
         layer.bias = nn.Parameter(torch.zeros(out_channels(layer), dtype=w.dtype, device=w.device))
     bias = layer.bias
     assert isinstance(bias, nn.Parameter)

@@ -29,7 +29,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ def _cfg_hash() -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def _train(x_tr: torch.Tensor, y_tr: torch.Tensor) -> Dict[str, torch.Tensor]:
+def _train(x_tr: torch.Tensor, y_tr: torch.Tensor) -> dict[str, torch.Tensor]:
     torch.manual_seed(SEED)
     model = DigitsCNN()
     opt = torch.optim.Adam(model.parameters(), lr=TRAIN_CFG["lr"],
@@ -116,7 +116,7 @@ def _train(x_tr: torch.Tensor, y_tr: torch.Tensor) -> Dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _load_or_train(cache_dir: str, x_tr, y_tr) -> Dict[str, torch.Tensor]:
+def _load_or_train(cache_dir: str, x_tr, y_tr) -> dict[str, torch.Tensor]:
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"{NAME}_{_cfg_hash()}.pt")
     if os.path.exists(path):
@@ -131,7 +131,7 @@ def _load_or_train(cache_dir: str, x_tr, y_tr) -> Dict[str, torch.Tensor]:
 
 
 def make_eval_fn(x_te: torch.Tensor, y_te: torch.Tensor) -> Callable[..., float]:
-    def eval_fn(model: nn.Module, num_samples: Optional[int] = None) -> float:
+    def eval_fn(model: nn.Module, num_samples: int | None = None) -> float:
         n = len(x_te) if num_samples is None else max(1, min(int(num_samples), len(x_te)))
         was_training = model.training
         model.eval()
@@ -153,7 +153,7 @@ def build(cache_dir: str, num_calib_batches: int = NUM_CALIB_BATCHES,
     model.load_state_dict(_load_or_train(cache_dir, x_tr, y_tr))
     model.eval()
     n_cal = min(num_calib_batches * calib_batch_size, len(x_tr))
-    calib: List[torch.Tensor] = [x_tr[i:i + calib_batch_size].clone()
+    calib: list[torch.Tensor] = [x_tr[i:i + calib_batch_size].clone()
                                  for i in range(0, n_cal, calib_batch_size)]
     return {
         "name": NAME,

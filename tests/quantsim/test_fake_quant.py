@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -79,3 +80,20 @@ def test_fused_relu6_clamp_is_exact() -> None:
     expected = q(torch.clamp(x, 0.0, 6.0))
     q.fused_clamp = (0.0, 6.0)
     assert torch.equal(q(x), expected)
+
+
+@pytest.mark.parametrize("bits", [4, 8, 16])
+def test_large_activation_chunked_path_is_exact(bits: int) -> None:
+    """Large tensors take the chunked in-place path; ties (x exactly between two steps) included."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.randn(3, 40, 64, 64, generator=g) * 3
+    q = FakeQuantizer(kind="activation", bitwidth=bits, scheme="tf")
+    q.start_observing()
+    q(x)
+    q.stop_observing()
+    q.compute_encoding()
+    assert q.scale is not None and q.zero_point is not None
+    x.view(-1)[:1000] = (torch.arange(1000) - 500 + 0.5) * q.scale  # exact ties
+    with torch.no_grad():
+        ours = q(x)
+    assert torch.equal(ours, torch.fake_quantize_per_tensor_affine(x, q.scale, q.zero_point, *q.quant_range))

@@ -74,7 +74,7 @@ def test_validate_reports_unsupported_layer() -> None:
 
 
 def test_bad_inputs_have_clear_errors() -> None:
-    with pytest.raises(InvalidInputError, match="must be a torch.nn.Module"):
+    with pytest.raises(InvalidInputError, match=r"must be a torch\.nn\.Module"):
         prepare_model("resnet18", torch.randn(1))  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="rejected dummy_input"):
         prepare_model(nn.Linear(4, 2), torch.randn(2, 5))

@@ -104,7 +104,7 @@ def test_param_ranges_per_channel() -> None:
     assert float((errors["tf_enhanced"][gaussian] / errors["tf"][gaussian]).mean()) < 0.9
     assert q_enh.scale is not None and q_mse.scale is not None
     assert bool((q_enh.scale >= q_mse.scale * 0.999).all()), "clipping is penalized: tf_enhanced clips no more than mse"
-    lo_p, hi_p = make_range_estimator("percentile", percentile=90.0).param_range(w, None, 8, True)
+    _, hi_p = make_range_estimator("percentile", percentile=90.0).param_range(w, None, 8, True)
     assert hi_p.shape == (1,) and float(hi_p) < float(w.abs().max())
 
 

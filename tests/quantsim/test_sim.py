@@ -144,7 +144,7 @@ def test_overrides_by_name_and_regex(digits: DigitsCase) -> None:
     assert sim.param_quantizer("fc").bitwidth == 16
     assert sim.param_quantizer("features.10").bitwidth == 4 and sim.param_quantizer("features.0").bitwidth == 8
     assert sim.output_quantizer("features.13").bitwidth == 6
-    with pytest.raises(InvalidInputError, match="Did you mean 'features.1'"):
+    with pytest.raises(InvalidInputError, match=r"Did you mean 'features\.1'"):
         QuantSim(digits.model, digits.dummy_input, module_overrides={"features.1O": {"param_bw": 4}})
     with pytest.raises(InvalidInputError, match="unknown key"):
         QuantSim(digits.model, digits.dummy_input, module_overrides={"fc": {"bits": 4}})

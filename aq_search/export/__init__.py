@@ -1,0 +1,32 @@
+"""Deployable output: ONNX with QuantizeLinear/DequantizeLinear, encodings, and reloading a search result.
+
+* :func:`export_onnx` writes the QDQ model, the plain FP32 model and encodings keyed by ONNX tensor names,
+  and checks the QDQ model in onnxruntime against the sim (:func:`validate_onnx`).
+* :func:`load_result` rebuilds the best model of a search from its results folder, bit for bit.
+"""
+
+from ._load import RESULT_FILES, SUPPORTED_RESULTS_VERSIONS, LoadedResult, ResultLoadError, load_result
+from ._onnx import (
+    DEFAULT_OPSET,
+    ONNX_ENCODINGS_VERSION,
+    OnnxExport,
+    OnnxExportError,
+    OnnxValidation,
+    export_onnx,
+    validate_onnx,
+)
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ONNX_ENCODINGS_VERSION",
+    "RESULT_FILES",
+    "SUPPORTED_RESULTS_VERSIONS",
+    "LoadedResult",
+    "OnnxExport",
+    "OnnxExportError",
+    "OnnxValidation",
+    "ResultLoadError",
+    "export_onnx",
+    "load_result",
+    "validate_onnx",
+]

@@ -1,0 +1,740 @@
+"""AutoQuant: AIMET's fixed PTQ recipe turned into an Optuna search that stops at the target."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+from torch import nn
+
+from .._data import as_model_args, data_fingerprint
+from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
+from ..quantsim import QuantSim, prepare_model
+from ..quantsim._quantizer import check_bitwidth
+from ._pipeline import (
+    Fixed,
+    Pipeline,
+    PipelineRun,
+    RunContext,
+    StageError,
+    StageResult,
+    model_fingerprint,
+    run_pipeline,
+    suggest_pipeline,
+    usable_orderings,
+)
+from ._pruner import StagePruner
+from ._space import SearchSpace, load_search_space
+
+__all__ = ["AutoQuant", "AutoQuantResult", "CountingEval"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_VERSION = 1
+_TARGET_ATTR = "target_met_by"
+
+
+class CountingEval:
+    """Wraps the user's ``eval_callback(model, num_samples)``: counts calls and checks the result."""
+
+    def __init__(self, fn: Callable[[nn.Module, int | None], Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+        self.samples = 0
+        self.seconds = 0.0
+
+    def __call__(self, model: nn.Module, num_samples: int | None = None) -> float:
+        start = time.perf_counter()
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                value = self.fn(model, num_samples)
+        except AQSearchError:
+            raise
+        except Exception as err:
+            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}") from err
+        finally:
+            model.train(training)
+            self.calls += 1
+            self.samples += num_samples or 0
+            self.seconds += time.perf_counter() - start
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EvalCallbackError(
+                f"the eval callback must return a number (higher is better). Got {type(value).__name__} {value!r} instead."
+            )
+        value = float(value)
+        if not math.isfinite(value):
+            raise EvalCallbackError(f"the eval callback returned {value}; it must return a finite number (higher is better).")
+        return value
+
+
+@dataclass(frozen=True)
+class AutoQuantResult:
+    """What :meth:`AutoQuant.optimize` returns: the best model scored, and what was tried.
+
+    Attributes:
+        model: the fake-quantized model (``sim.model``), callable like the original.
+        sim: the :class:`~aq_search.QuantSim` behind it (encodings, quantizers).
+        accuracy: its score from the eval callback (full evaluation).
+        fp32_accuracy: the FP32 model's score.
+        target_accuracy: ``fp32_accuracy - allowed_accuracy_drop``.
+        target_met: whether ``accuracy >= target_accuracy``.
+        encoding_path: the best model's encodings JSON.
+        pipeline: the techniques that produced it, in order.
+        study: the Optuna study (all trials, per-stage values, user attributes).
+        n_eval_calls: eval callback calls in the study (all trials and workers, plus FP32).
+        n_trials: finished trials in the study.
+        best_trial: number of the trial that produced the model.
+        message: a one-paragraph account of what was tried and how it went.
+        results_dir: the folder holding the model, encodings, pipeline and summary.
+    """
+
+    model: nn.Module
+    sim: QuantSim
+    accuracy: float
+    fp32_accuracy: float
+    target_accuracy: float
+    target_met: bool
+    encoding_path: str
+    pipeline: Pipeline
+    study: optuna.Study
+    n_eval_calls: int
+    n_trials: int
+    best_trial: int
+    message: str
+    results_dir: str
+    stage_results: tuple[StageResult, ...] = field(default=())
+
+    def export_onnx(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write the best model as ONNX (QDQ + FP32 + encodings) and validate it; see :func:`aq_search.export_onnx`."""
+        from ..export import export_onnx
+
+        return export_onnx(self.sim, kwargs.pop("dummy_input", None), path, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"AutoQuantResult(accuracy={self.accuracy:.4f}, fp32_accuracy={self.fp32_accuracy:.4f}, "
+            f"target_met={self.target_met}, pipeline='{self.pipeline}', n_trials={self.n_trials}, "
+            f"n_eval_calls={self.n_eval_calls})"
+        )
+
+
+def _materialize(data_loader: Any, limit: int | None) -> list[Any]:
+    if isinstance(data_loader, (torch.Tensor, str, bytes)) or not isinstance(data_loader, Iterable):
+        raise InvalidInputError(
+            "data_loader must be a DataLoader or a re-iterable of batches (e.g. a list of tensors). "
+            f"Got {type(data_loader).__name__} instead."
+        )
+    batches = []
+    for i, batch in enumerate(data_loader):
+        if limit is not None and i >= limit:
+            break
+        batches.append(batch)
+    if not batches:
+        raise InvalidInputError("data_loader yielded no batches: calibration needs unlabeled data (at least one batch).")
+    return batches
+
+
+class AutoQuant:
+    """Search for the best post-training quantization of ``model`` within an allowed accuracy drop.
+
+    AIMET's AutoQuant runs a fixed recipe (scheme selection, BN folding, CLE, AdaRound). Here the
+    recipe is the first trial of an Optuna study; later trials search technique orderings, quant
+    schemes, AdaRound hyperparameters and mixed-precision candidates, each trial reporting a score
+    after every stage so bad trials are pruned. The study stops as soon as a trial meets
+    ``fp32 - allowed_accuracy_drop``; otherwise the best trial scored is returned.
+
+    Args:
+        model: the trained FP32 model (not modified).
+        dummy_input: one batch, as the model takes it (tensor, tuple of inputs, or dict).
+        data_loader: unlabeled calibration batches: a DataLoader or any re-iterable (a list ...).
+            A tensor batch is fed as ``model(x)``, a tuple/list as ``model(*x)``, a dict as
+            ``model(**x)``; ``forward_fn(model, batch)`` overrides that.
+        eval_callback: ``eval_callback(model, num_samples) -> float``, higher is better;
+            ``num_samples=None`` is the full evaluation.
+        param_bw / output_bw: default weight / activation bit-widths (2..16).
+        results_dir: where the study database, caches and the best model go.
+        search_space: a built-in name (``default``, ``fast``, ``thorough``), a YAML path or a dict.
+        storage: an Optuna storage URL (default ``sqlite:///<results_dir>/study.db``) or storage object.
+        study_name: default ``aq-search-<model class>-w<param_bw>a<output_bw>``; an existing study
+            of that name is resumed (completed trials are not redone).
+        seed: makes the run reproducible (sampler, AdaRound).
+        quant_scheme: range setting for ``run_inference`` and for pipelines without a ``scheme`` stage.
+        per_channel: per-channel weight quantization (True/False), or ``None`` to let the search choose.
+        forward_fn: ``forward_fn(model, batch)`` feeds one batch (defaults as above).
+        adaround_params: fixed AdaRound settings (else the space's ranges are searched).
+        mixed_precision_candidates: fixed AMP candidates, e.g. ``["w8a8", "w4a8"]``.
+        num_calibration_batches: use at most this many batches of ``data_loader``.
+        leaf_modules: module classes or names to keep whole when tracing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dummy_input: Any,
+        data_loader: Any,
+        eval_callback: Callable[[nn.Module, int | None], float],
+        param_bw: int = 8,
+        output_bw: int = 8,
+        results_dir: str | os.PathLike[str] = "aq_results",
+        search_space: str | os.PathLike[str] | Mapping[str, Any] | SearchSpace = "default",
+        storage: str | optuna.storages.BaseStorage | None = None,
+        study_name: str | None = None,
+        seed: int | None = None,
+        *,
+        quant_scheme: str = "tf_enhanced",
+        per_channel: bool | None = True,
+        forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        adaround_params: Any = None,
+        mixed_precision_candidates: Sequence[Any] | None = None,
+        num_calibration_batches: int | None = None,
+        leaf_modules: Sequence[Any] = (),
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
+        if not callable(eval_callback):
+            raise InvalidInputError(
+                "eval_callback must be callable as eval_callback(model, num_samples) -> float. "
+                f"Got {type(eval_callback).__name__} instead."
+            )
+        if forward_fn is not None and not callable(forward_fn):
+            raise InvalidInputError("forward_fn must be callable as forward_fn(model, batch).")
+        check_bitwidth(param_bw, "param_bw")
+        check_bitwidth(output_bw, "output_bw")
+        as_model_args(dummy_input)
+        if num_calibration_batches is not None and (
+            isinstance(num_calibration_batches, bool)
+            or not isinstance(num_calibration_batches, int)
+            or num_calibration_batches < 1
+        ):
+            raise InvalidInputError(
+                "The 'num_calibration_batches' parameter must be a positive int or None. "
+                f"Got {num_calibration_batches!r} instead."
+            )
+        if per_channel is not None and not isinstance(per_channel, bool):
+            raise InvalidInputError(f"The 'per_channel' parameter must be True, False or None. Got {per_channel!r} instead.")
+        self.model = model
+        self.dummy_input = dummy_input
+        self.data_loader = data_loader
+        self.eval_callback = eval_callback
+        self.param_bw = param_bw
+        self.output_bw = output_bw
+        self.results_dir = Path(results_dir)
+        self.space = load_search_space(search_space)
+        self.storage = storage
+        self.study_name = study_name
+        self.seed = seed
+        self.quant_scheme = quant_scheme
+        self.per_channel = per_channel
+        self.forward_fn = forward_fn
+        self.num_calibration_batches = num_calibration_batches
+        self.leaf_modules = tuple(leaf_modules)
+        self._adaround_params: Any = None
+        self._amp_candidates: tuple[str, ...] | None = None
+        from ..quantsim._range import make_range_estimator
+
+        make_range_estimator(quant_scheme)
+        if adaround_params is not None:
+            self.set_adaround_params(adaround_params)
+        if mixed_precision_candidates is not None:
+            self.set_mixed_precision_params(candidates=mixed_precision_candidates)
+        self._ctx: RunContext | None = None
+        self._eval: CountingEval | None = None
+
+    # -- AIMET-familiar setters ---------------------------------------------------------------------
+    def set_adaround_params(self, params: Any) -> None:
+        """Fix AdaRound's settings for every trial (the same as ``adaround_params=``)."""
+        from ..techniques import AdaRoundParams
+
+        if not isinstance(params, AdaRoundParams):
+            raise InvalidInputError(
+                f"set_adaround_params needs an aq_search.AdaRoundParams. Got {type(params).__name__} instead."
+            )
+        self._adaround_params = params
+
+    def set_mixed_precision_params(self, candidates: Sequence[Any], **_: Any) -> None:
+        """Fix the AMP candidates for every trial (the same as ``mixed_precision_candidates=``)."""
+        from ..amp import parse_candidates
+
+        parsed = parse_candidates(candidates, who="set_mixed_precision_params")
+        self._amp_candidates = tuple(c.name for c in parsed)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _context(self) -> RunContext:
+        if self._ctx is not None:
+            return self._ctx
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
+        batches = _materialize(self.data_loader, self.num_calibration_batches)
+        self._eval = CountingEval(self.eval_callback)
+        from ..techniques import AdaRoundCache
+
+        pair = f"{self.quant_scheme}/{self.quant_scheme}"
+        self._ctx = RunContext(
+            model=prepared,
+            dummy_input=self.dummy_input,
+            calibration=batches,
+            evaluate=self._eval,
+            fp32_accuracy=math.nan,
+            target=math.nan,
+            param_bw=self.param_bw,
+            output_bw=self.output_bw,
+            default_pair=pair,
+            default_per_channel=self.per_channel if self.per_channel is not None else True,
+            forward_fn=self.forward_fn,
+            intermediate_num_samples=self.space.intermediate_num_samples,
+            adaround_cache=AdaRoundCache(self.results_dir / "cache" / "adaround"),
+            seed=self.seed or 0,
+            leaf_modules=self.leaf_modules,
+        )
+        return self._ctx
+
+    def _fp32(self, ctx: RunContext) -> float:
+        assert self._eval is not None
+        try:
+            return self._eval(ctx.model, None)
+        except EvalCallbackError as err:
+            raise EvalCallbackError(f"evaluating the FP32 model failed, so no search was started: {err}") from err
+
+    def run_inference(self) -> tuple[QuantSim, float]:
+        """The baseline without search: BatchNorms folded, ``quant_scheme``, default bit-widths.
+
+        Returns:
+            ``(sim, accuracy)`` with accuracy from a full evaluation.
+        """
+        from ..techniques import fold_all_batch_norms
+
+        ctx = self._context()
+        folded = fold_all_batch_norms(ctx.model, self.dummy_input)
+        sim = ctx.calibrated_sim(folded, ctx.default_pair, ctx.default_per_channel)
+        assert self._eval is not None
+        return sim, self._eval(sim.model, None)
+
+    # -- the search -----------------------------------------------------------------------------
+    def _default_study_name(self) -> str:
+        return f"aq-search-{type(self.model).__name__}-w{self.param_bw}a{self.output_bw}"
+
+    def _storage(self) -> str | optuna.storages.BaseStorage:
+        if self.storage is not None:
+            return self.storage
+        return f"sqlite:///{(self.results_dir / 'study.db').resolve()}"
+
+    def _sampler(self) -> optuna.samplers.BaseSampler:
+        if self.space.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=self.seed,
+                n_startup_trials=self.space.n_startup_trials,
+                multivariate=True,
+                group=True,
+                constant_liar=True,
+            )
+
+    def _pruner(self) -> optuna.pruners.BasePruner:
+        p = self.space.pruner
+        if p.type == "none":
+            return optuna.pruners.NopPruner()
+        percentile = 50.0 if p.type == "median" else p.percentile
+        return StagePruner(percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+    def _fixed(self) -> Fixed:
+        return Fixed(adaround=self._adaround_params, amp_candidates=self._amp_candidates, per_channel=self.per_channel)
+
+    def _reference_params(self, orderings: list[str]) -> dict[str, Any] | None:
+        """AIMET's recipe as trial parameters: scheme selection, BN fold, CLE, AdaRound with defaults."""
+        for ordering in ("scheme>bnf>cle>adaround", "scheme>bnf>cle", "bnf>cle>adaround", "bnf>cle"):
+            if ordering in orderings:
+                break
+        else:
+            return None
+        params: dict[str, Any] = {}
+        if len(orderings) > 1:
+            params["pipeline__ordering"] = ordering
+        candidates = self.space.scheme.candidates.values
+        if "scheme" in ordering and len(candidates) > 1 and "select" in candidates:
+            params["scheme__candidate"] = "select"
+        if self.per_channel is None and len(self.space.scheme.per_channel.values) > 1:
+            params["scheme__per_channel"] = True
+        if "cle" in ordering and len(self.space.cle.high_bias_absorption.values) > 1:
+            params["cle__high_bias_absorption"] = True
+        return params
+
+    def _open_study(self, ctx: RunContext, allowed_drop: float) -> optuna.Study:
+        name = self.study_name or self._default_study_name()
+        study = optuna.create_study(
+            study_name=name,
+            storage=self._storage(),
+            sampler=self._sampler(),
+            pruner=self._pruner(),
+            direction="maximize",
+            load_if_exists=True,
+        )
+        attrs = study.user_attrs
+        model_fp = model_fingerprint(ctx.model)
+        data_fp = data_fingerprint(ctx.calibration)
+        identity = {
+            "model_fingerprint": model_fp,
+            "data_fingerprint": data_fp,
+            "space_fingerprint": self.space.fingerprint(),
+            "param_bw": self.param_bw,
+            "output_bw": self.output_bw,
+            "allowed_accuracy_drop": allowed_drop,
+        }
+        if "model_fingerprint" in attrs:
+            changed = [k for k, v in identity.items() if attrs.get(k) != v]
+            if changed:
+                raise InvalidInputError(
+                    f"study {name!r} in {self._storage()} was run with different settings ({', '.join(changed)} differ); "
+                    "resuming it would mix results. Pass a new study_name, or the same model/data/space/settings."
+                )
+            ctx.fp32_accuracy = float(attrs["fp32_accuracy"])
+            logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
+        else:
+            ctx.fp32_accuracy = self._fp32(ctx)
+            for k, v in identity.items():
+                study.set_user_attr(k, v)
+            study.set_user_attr("fp32_accuracy", ctx.fp32_accuracy)
+            study.set_user_attr("fp32_eval_calls", 1)
+            study.set_user_attr("search_space", self.space.to_dict())
+            study.set_user_attr("results_dir", str(self.results_dir.resolve()))
+        ctx.target = ctx.fp32_accuracy - allowed_drop
+        study.set_user_attr("target_accuracy", ctx.target)
+        return study
+
+    def optimize(
+        self,
+        allowed_accuracy_drop: float = 0.01,
+        n_trials: int | None = None,
+        timeout: float | None = None,
+    ) -> AutoQuantResult:
+        """Run (or resume) the search until a trial meets ``fp32 - allowed_accuracy_drop``.
+
+        Args:
+            allowed_accuracy_drop: tolerated drop in the eval callback's units (>= 0).
+            n_trials: trials to run in this call; default: the space's ``max_trials`` minus the
+                trials the study already has.
+            timeout: stop starting new trials after this many seconds.
+
+        Returns:
+            The best model scored (even when no trial met the target; see ``target_met``).
+        """
+        if (
+            isinstance(allowed_accuracy_drop, bool)
+            or not isinstance(allowed_accuracy_drop, (int, float))
+            or not (math.isfinite(allowed_accuracy_drop) and allowed_accuracy_drop >= 0)
+        ):
+            raise InvalidInputError(
+                f"The 'allowed_accuracy_drop' parameter must be a number >= 0 (in the eval callback's units, e.g. 0.01). "
+                f"Got {allowed_accuracy_drop!r} instead."
+            )
+        if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
+            raise InvalidInputError(f"The 'n_trials' parameter must be a positive int or None. Got {n_trials!r} instead.")
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise InvalidInputError(
+                f"The 'timeout' parameter must be a positive number of seconds or None. Got {timeout!r} instead."
+            )
+        ctx = self._context()
+        orderings = usable_orderings(self.space, self.param_bw, self.output_bw, self._fixed())
+        if not orderings:
+            raise InvalidInputError(
+                f"search space {self.space.source}: no valid ordering is left for w{self.param_bw}a{self.output_bw} "
+                "(AMP orderings need two or more distinct candidates)."
+            )
+        study = self._open_study(ctx, float(allowed_accuracy_drop))
+        if self.space.replay_reference and not study.trials:
+            params = self._reference_params(orderings)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={"reference_recipe": True}, skip_if_exists=True)
+        finished = [t for t in study.trials if t.state.is_finished()]
+        budget = n_trials if n_trials is not None else max(0, self.space.max_trials - len(finished))
+        runner = _TrialRunner(self, ctx)
+        if _target_met_by(study) is None and budget > 0:
+            study.optimize(
+                runner,
+                n_trials=budget,
+                timeout=timeout,
+                catch=(AQSearchError,),
+                callbacks=[runner.after_trial],
+                gc_after_trial=False,
+            )
+            runner.close()
+        return self._finish(study, ctx, runner)
+
+    # -- results --------------------------------------------------------------------------------
+    def _finish(self, study: optuna.Study, ctx: RunContext, runner: _TrialRunner) -> AutoQuantResult:
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        if not complete:
+            raise AQSearchError(
+                "no trial completed, so there is no quantized model to return; the failed trials' messages are in "
+                f"the study ({self._storage()}): " + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
+            )
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        run = runner.best_run if runner.best_number == best.number else None
+        if run is None:
+            run = self._replay(best, ctx)
+        assert best.value is not None
+        out = self.results_dir / "best"
+        out.mkdir(parents=True, exist_ok=True)
+        encoding_path = out / "encodings.json"
+        run.sim.export_encodings(encoding_path)
+        torch.save(run.sim.model.state_dict(), out / "model_state.pt")
+        (out / "pipeline.yaml").write_text(yaml.safe_dump(run.applied.to_dict(), sort_keys=False), encoding="utf-8")
+        n_eval = int(study.user_attrs.get("fp32_eval_calls", 1)) + sum(
+            int(t.user_attrs.get("eval_calls", 0)) for t in study.trials
+        )
+        target_met = best.value >= ctx.target
+        tried = sorted({str(t.user_attrs.get("pipeline", "")) for t in study.trials if t.user_attrs.get("pipeline")})
+        if target_met:
+            message = (
+                f"Target met: {best.value:.4f} >= {ctx.target:.4f} (FP32 {ctx.fp32_accuracy:.4f}) by trial {best.number} "
+                f"with {run.applied} after {len(study.trials)} trial(s) and {n_eval} eval call(s)."
+            )
+        else:
+            message = (
+                f"Target not met: the best of {len(study.trials)} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
+                f"(FP32 {ctx.fp32_accuracy:.4f}); returning it ({run.applied}). Tried: {'; '.join(tried[:12])}"
+                f"{' ...' if len(tried) > 12 else ''}. Consider more trials, a larger allowed drop, higher bit-widths "
+                "or mixed precision candidates."
+            )
+        summary = {
+            "results_version": RESULTS_VERSION,
+            "aq_search_version": _version(),
+            "study_name": study.study_name,
+            "storage": str(self._storage()),
+            "fp32_accuracy": ctx.fp32_accuracy,
+            "target_accuracy": ctx.target,
+            "accuracy": best.value,
+            "target_met": target_met,
+            "best_trial": best.number,
+            "pipeline": str(run.applied),
+            "n_trials": len(study.trials),
+            "n_eval_calls": n_eval,
+            "param_bw": self.param_bw,
+            "output_bw": self.output_bw,
+            "dummy_input_shapes": _shapes(self.dummy_input),
+            "leaf_modules": [m if isinstance(m, str) else f"{m.__module__}.{m.__qualname__}" for m in self.leaf_modules],
+            "message": message,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        logger.info(message)
+        return AutoQuantResult(
+            model=run.sim.model,
+            sim=run.sim,
+            accuracy=float(best.value),
+            fp32_accuracy=ctx.fp32_accuracy,
+            target_accuracy=ctx.target,
+            target_met=target_met,
+            encoding_path=str(encoding_path),
+            pipeline=run.applied,
+            study=study,
+            n_eval_calls=n_eval,
+            n_trials=len(study.trials),
+            best_trial=best.number,
+            message=message,
+            results_dir=str(self.results_dir),
+            stage_results=tuple(run.stages),
+        )
+
+    def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
+        return suggest_pipeline(
+            trial,
+            self.space,
+            param_bw=self.param_bw,
+            output_bw=self.output_bw,
+            num_batches_available=len(ctx.calibration),
+            fixed=self._fixed(),
+        )
+
+    def _replay(self, trial: optuna.trial.FrozenTrial, ctx: RunContext) -> PipelineRun:
+        """Rebuild a finished trial's model from its parameters (the same define-by-run function)."""
+        pipeline = self._pipeline_for(optuna.trial.FixedTrial(trial.params, number=trial.number), ctx)
+        stages = int(trial.user_attrs.get("stages_applied", len(pipeline.stages)))
+        pipeline = Pipeline(pipeline.stages[:stages])
+        logger.info("replaying trial %d: %s", trial.number, pipeline)
+        return run_pipeline(ctx, pipeline)
+
+    def replay(self, trial: optuna.trial.FrozenTrial | int, study: optuna.Study | None = None) -> PipelineRun:
+        """Rebuild the model of a finished trial (by object or number) without searching."""
+        ctx = self._context()
+        if isinstance(trial, int):
+            if study is None:
+                raise InvalidInputError("replay(number) needs the study: replay(number, study=result.study).")
+            trial = study.trials[trial]
+        if math.isnan(ctx.fp32_accuracy):
+            ctx.fp32_accuracy = float((study.user_attrs if study else {}).get("fp32_accuracy", math.nan))
+            ctx.target = float((study.user_attrs if study else {}).get("target_accuracy", math.nan))
+        return self._replay(trial, ctx)
+
+
+def _target_met_by(study: optuna.Study) -> int | None:
+    value = study.user_attrs.get(_TARGET_ATTR)
+    return int(value) if value is not None else None
+
+
+class _TrialRunner:
+    """The objective: one trial = one pipeline, reported stage by stage."""
+
+    def __init__(self, aq: AutoQuant, ctx: RunContext) -> None:
+        self.aq = aq
+        self.ctx = ctx
+        self.best_run: PipelineRun | None = None
+        self.best_number = -1
+        self.best_value = -math.inf
+        self._bar: Any = None
+
+    def _progress(self, study: optuna.Study) -> None:
+        if self._bar is None:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(desc="aq-search trials", unit="trial", leave=False)
+        self._bar.update(1)
+        best = study.user_attrs.get("best_value")
+        if best is not None:
+            self._bar.set_postfix(best=f"{best:.4f}", target=f"{self.ctx.target:.4f}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        ctx = self.ctx
+        study = trial.study
+        if _target_met_by(study) is not None:
+            trial.set_user_attr("stopped", f"target already met by trial {_target_met_by(study)}")
+            study.stop()
+            raise optuna.TrialPruned("target already met")
+        assert isinstance(ctx.evaluate, CountingEval)
+        counter = ctx.evaluate
+        calls0, samples0, eval_s0 = counter.calls, counter.samples, counter.seconds
+        hits0 = dict(ctx.cache_hits)
+        start = time.perf_counter()
+
+        def record(stages: list[StageResult] | None = None) -> None:
+            trial.set_user_attr("eval_calls", counter.calls - calls0)
+            trial.set_user_attr("eval_samples", counter.samples - samples0)
+            trial.set_user_attr("eval_seconds", round(counter.seconds - eval_s0, 3))
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
+            trial.set_user_attr("cache_hits", {k: v - hits0.get(k, 0) for k, v in ctx.cache_hits.items() if v - hits0.get(k, 0)})
+            if stages is not None:
+                trial.set_user_attr("stage_scores", [s.to_dict() for s in stages])
+
+        try:
+            pipeline = self.aq._pipeline_for(trial, ctx)
+        except AQSearchError as err:
+            trial.set_user_attr("error", str(err))
+            record()
+            raise
+        trial.set_user_attr("pipeline", str(pipeline))
+        trial.set_user_attr("ordering", pipeline.ordering)
+        seen: list[StageResult] = []
+
+        def on_stage(index: int, result: StageResult) -> bool:
+            seen.append(result)
+            record(seen)
+            trial.report(result.score, step=index)
+            if result.num_samples is None and result.score >= ctx.target:
+                return True  # target met: finish with the stages applied so far
+            if _target_met_by(study) is not None:
+                trial.set_user_attr("stopped", f"target met by trial {_target_met_by(study)}")
+                raise optuna.TrialPruned("target met by another trial")
+            if index < len(pipeline.stages) - 1 and trial.should_prune():
+                trial.set_user_attr("pruned_at_stage", f"{index + 1}: {pipeline.stages[index].describe()}")
+                raise optuna.TrialPruned(f"pruned after stage {index + 1} ({result.score:.4f})")
+            return False
+
+        try:
+            run = run_pipeline(ctx, pipeline, on_stage)
+        except StageError as err:
+            trial.set_user_attr("error", str(err))
+            record(seen)
+            logger.warning("trial %d failed: %s", trial.number, err)
+            raise
+        except EvalCallbackError as err:
+            trial.set_user_attr("error", f"eval callback: {err}")
+            record(seen)
+            raise
+        record(run.stages)
+        trial.set_user_attr("stages_applied", len(run.stages))
+        trial.set_user_attr("pipeline_applied", str(run.applied))
+        trial.set_user_attr("completed_early", run.completed_early)
+        trial.set_user_attr("relative_bops", _relative_bops(run))
+        trial.set_user_attr("scheme", f"{run.sim.param_quant_scheme.name}/{run.sim.activation_quant_scheme.name}")
+        enc_dir = self.aq.results_dir / "trials" / f"trial_{trial.number:04d}"
+        enc_dir.mkdir(parents=True, exist_ok=True)
+        run.sim.export_encodings(enc_dir / "encodings.json")
+        trial.set_user_attr("encodings_path", str(enc_dir / "encodings.json"))
+        if run.score > self.best_value:
+            self.best_value, self.best_number, self.best_run = run.score, trial.number, run
+        if run.score >= ctx.target and _target_met_by(study) is None:
+            study.set_user_attr(_TARGET_ATTR, trial.number)
+        return run.score
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+            best = study.user_attrs.get("best_value")
+            if best is None or trial.value > best:
+                study.set_user_attr("best_value", trial.value)
+        self._progress(study)
+        if _target_met_by(study) is not None:
+            study.stop()
+
+
+def relative_bops(sim: QuantSim) -> float | None:
+    """Bit operations of ``sim`` relative to the same model with every layer at W8A8.
+
+    BOPs of a layer = MACs x weight bits x input-activation bits (a float tensor counts 32 bits).
+    """
+    from ..amp import layer_costs
+
+    costs = layer_costs(sim)
+    acts = sim.activation_quantizers
+    total = reference = 0.0
+    for layer, cost in costs.items():
+        pq = sim.param_quantizer(layer)
+        p_bits = pq.bitwidth if pq.enabled else 32
+        inputs = [acts[a] for a in sim.input_quantizers_of(layer)]
+        a_bits = max((q.bitwidth if q.enabled else 32 for q in inputs), default=32)
+        total += cost.macs * p_bits * a_bits
+        reference += cost.macs * 64
+    return total / reference if reference else None
+
+
+def _relative_bops(run: PipelineRun) -> float | None:
+    try:
+        value = relative_bops(run.sim)
+    except Exception:
+        logger.debug("relative BOPs unavailable", exc_info=True)
+        return None
+    return None if value is None else round(value, 4)
+
+
+def _shapes(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return list(x.shape)
+    if isinstance(x, (tuple, list)):
+        return [_shapes(v) for v in x]
+    if isinstance(x, Mapping):
+        return {k: _shapes(v) for k, v in x.items()}
+    return repr(x)
+
+
+def _version() -> str:
+    from .._version import __version__
+
+    return __version__

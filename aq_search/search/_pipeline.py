@@ -1,0 +1,522 @@
+"""A pipeline is an ordered tuple of technique configs, applied by one loop.
+
+:func:`suggest_pipeline` is the define-by-run function that turns an Optuna trial into a
+:class:`Pipeline`; replaying a trial uses the same function with ``optuna.trial.FixedTrial``.
+:func:`run_pipeline` applies the stages one by one, evaluating after each.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import optuna
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .._data import tensor_fingerprint
+from .._errors import AQSearchError, InvalidInputError
+from ..quantsim import QuantSim
+from ..techniques._config import TechniqueConfig
+from ._space import FloatRange, IntRange, ParamSpec, SearchSpace, validate_ordering
+
+__all__ = [
+    "Pipeline",
+    "PipelineRun",
+    "RunContext",
+    "SchemeConfig",
+    "SchemeSelectConfig",
+    "Stage",
+    "StageError",
+    "StageResult",
+    "pipeline_from_dict",
+    "run_pipeline",
+    "suggest_pipeline",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class StageError(AQSearchError):
+    """A pipeline stage failed; the trial fails with this message and the study goes on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeConfig(TechniqueConfig):
+    """Range setting chosen for the sim: ``"<param scheme>/<activation scheme>"`` and per-channel weights."""
+
+    technique: ClassVar[str] = "scheme"
+
+    pair: str = "tf_enhanced/tf_enhanced"
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_bool("per_channel")
+        if not isinstance(self.pair, str) or self.pair.count("/") != 1:
+            raise self._fail("pair", "'<param scheme>/<activation scheme>'", self.pair)
+
+    @property
+    def param_scheme(self) -> str:
+        return self.pair.split("/")[0]
+
+    @property
+    def activation_scheme(self) -> str:
+        return self.pair.split("/")[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemeSelectConfig(TechniqueConfig):
+    """AIMET-style scheme selection: evaluate every pair at this point, keep the best."""
+
+    technique: ClassVar[str] = "scheme"
+
+    candidates: tuple[str, ...] = ()
+    per_channel: bool = True
+
+    def __post_init__(self) -> None:
+        self._check_bool("per_channel")
+        if not self.candidates or not all(isinstance(c, str) and c.count("/") == 1 for c in self.candidates):
+            raise self._fail("candidates", "a non-empty tuple of '<param>/<activation>' scheme pairs", self.candidates)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a pipeline: a technique key and its config."""
+
+    key: str
+    config: Any
+
+    def describe(self) -> str:
+        c = self.config
+        if isinstance(c, SchemeConfig):
+            return f"scheme({c.pair}{'' if c.per_channel else ', per-tensor'})"
+        if isinstance(c, SchemeSelectConfig):
+            return f"scheme(select{'' if c.per_channel else ', per-tensor'})"
+        if self.key == "adaround":
+            return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g})"
+        if self.key == "amp":
+            return f"amp({'/'.join(c.candidates)})"
+        if self.key == "cle" and not c.high_bias_absorption:
+            return "cle(no-hba)"
+        return self.key
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An ordered tuple of stages."""
+
+    stages: tuple[Stage, ...]
+
+    @property
+    def ordering(self) -> str:
+        return ">".join(s.key for s in self.stages)
+
+    def __str__(self) -> str:
+        return " > ".join(s.describe() for s in self.stages) or "(no techniques)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ordering": self.ordering,
+            "stages": [{"technique": s.key, "type": type(s.config).__name__, "config": s.config.to_dict()} for s in self.stages],
+        }
+
+
+def _config_types() -> dict[str, type[TechniqueConfig]]:
+    from ..amp import MixedPrecisionConfig
+    from ..techniques import AdaRoundParams, BatchNormFoldConfig, BiasCorrectionConfig, CLEConfig
+
+    return {
+        cls.__name__: cls
+        for cls in (
+            SchemeConfig,
+            SchemeSelectConfig,
+            BatchNormFoldConfig,
+            CLEConfig,
+            BiasCorrectionConfig,
+            AdaRoundParams,
+            MixedPrecisionConfig,
+        )
+    }
+
+
+def pipeline_from_dict(data: Any, where: str = "pipeline") -> Pipeline:
+    """Rebuild a :class:`Pipeline` from :meth:`Pipeline.to_dict` output."""
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise InvalidInputError(f"{where}: not a pipeline description (needs 'stages').")
+    types = _config_types()
+    stages: list[Stage] = []
+    for i, s in enumerate(data["stages"]):
+        if not isinstance(s, dict) or s.get("type") not in types:
+            raise InvalidInputError(f"{where}: stage {i} has an unknown type {s.get('type') if isinstance(s, dict) else s!r}.")
+        stages.append(Stage(str(s["technique"]), types[s["type"]].from_dict(s.get("config", {}), where=f"{where} stage {i}")))
+    validate_ordering(">".join(s.key for s in stages)) if stages else None
+    return Pipeline(tuple(stages))
+
+
+# -- define-by-run -----------------------------------------------------------------------------------
+
+
+def _suggest(trial: optuna.trial.BaseTrial, name: str, spec: ParamSpec) -> Any:
+    if isinstance(spec, IntRange):
+        return trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    if isinstance(spec, FloatRange):
+        return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+    if len(spec.values) == 1:
+        return spec.values[0]
+    return trial.suggest_categorical(name, list(spec.values))
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Settings the user fixed (they replace the space's dimensions)."""
+
+    adaround: Any = None  # AdaRoundParams
+    amp_candidates: tuple[str, ...] | None = None
+    per_channel: bool | None = None
+
+
+def amp_candidate_sets(space: SearchSpace, param_bw: int, output_bw: int, fixed: Fixed) -> list[tuple[str, ...]]:
+    """The AMP candidate sets with ``{param_bw}``/``{output_bw}`` filled in; sets of fewer than two dropped."""
+    if fixed.amp_candidates is not None:
+        return [fixed.amp_candidates]
+    out: list[tuple[str, ...]] = []
+    for s in space.amp.candidate_sets:
+        filled = tuple(dict.fromkeys(c.format(param_bw=param_bw, output_bw=output_bw) for c in s))
+        if len(filled) >= 2 and filled not in out:
+            out.append(filled)
+    return out
+
+
+def usable_orderings(space: SearchSpace, param_bw: int, output_bw: int, fixed: Fixed) -> list[str]:
+    orderings = list(space.orderings)
+    if not amp_candidate_sets(space, param_bw, output_bw, fixed):
+        orderings = [o for o in orderings if "amp" not in o.split(">")]
+    return orderings
+
+
+def suggest_pipeline(
+    trial: optuna.trial.BaseTrial,
+    space: SearchSpace,
+    *,
+    param_bw: int,
+    output_bw: int,
+    num_batches_available: int,
+    fixed: Fixed = Fixed(),
+    default_per_channel: bool = True,
+) -> Pipeline:
+    """Turn a trial into a pipeline. Parameter names follow ``<technique>__<param>``."""
+    from ..amp import MixedPrecisionConfig
+    from ..techniques import AdaRoundParams, BatchNormFoldConfig, BiasCorrectionConfig, CLEConfig
+
+    orderings = usable_orderings(space, param_bw, output_bw, fixed)
+    if not orderings:
+        raise InvalidInputError(f"search space {space.source}: no valid ordering is left (AMP needs two or more candidates).")
+    ordering = orderings[0] if len(orderings) == 1 else trial.suggest_categorical("pipeline__ordering", orderings)
+    stages: list[Stage] = []
+    for key in validate_ordering(ordering):
+        config: Any
+        if key == "scheme":
+            pair = _suggest(trial, "scheme__candidate", space.scheme.candidates)
+            if fixed.per_channel is not None:
+                per_channel = fixed.per_channel
+            else:
+                per_channel = bool(_suggest(trial, "scheme__per_channel", space.scheme.per_channel))
+            if pair == "select":
+                config = SchemeSelectConfig(candidates=space.scheme.select_candidates, per_channel=per_channel)
+            else:
+                config = SchemeConfig(pair=pair, per_channel=per_channel)
+        elif key == "bnf":
+            config = BatchNormFoldConfig()
+        elif key == "cle":
+            config = CLEConfig(
+                high_bias_absorption=bool(_suggest(trial, "cle__high_bias_absorption", space.cle.high_bias_absorption))
+            )
+        elif key == "bc":
+            nb = int(_suggest(trial, "bc__num_batches", space.bias_correction.num_batches))
+            config = BiasCorrectionConfig(num_batches=max(1, min(nb, num_batches_available)))
+        elif key == "adaround":
+            if fixed.adaround is not None:
+                config = fixed.adaround
+            else:
+                a = space.adaround
+                beta_high = float(_suggest(trial, "adaround__beta_high", a.beta_high))
+                beta_low = float(_suggest(trial, "adaround__beta_low", a.beta_low))
+                config = AdaRoundParams(
+                    num_batches=max(1, min(int(_suggest(trial, "adaround__num_batches", a.num_batches)), num_batches_available)),
+                    num_iterations=int(_suggest(trial, "adaround__num_iterations", a.num_iterations)),
+                    reg_param=float(_suggest(trial, "adaround__reg_param", a.reg_param)),
+                    beta_range=(max(beta_high, beta_low), min(beta_high, beta_low)),
+                    warm_start=float(_suggest(trial, "adaround__warm_start", a.warm_start)),
+                )
+        elif key == "amp":
+            sets = amp_candidate_sets(space, param_bw, output_bw, fixed)
+            labels = ["/".join(s) for s in sets]
+            label = labels[0] if len(labels) == 1 else trial.suggest_categorical("amp__candidates", labels)
+            config = MixedPrecisionConfig(
+                candidates=tuple(label.split("/")),
+                num_samples_for_phase_1=int(_suggest(trial, "amp__num_samples_for_phase_1", space.amp.num_samples_for_phase_1)),
+            )
+        else:  # pragma: no cover - validate_ordering rejects unknown keys
+            raise InvalidInputError(f"unknown technique {key!r}")
+        stages.append(Stage(key, config))
+    return Pipeline(tuple(stages))
+
+
+# -- running -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageResult:
+    stage: str
+    score: float
+    num_samples: int | None
+    seconds: float
+    eval_calls: int
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _LRU(OrderedDict[str, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_item(self, key: str) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    code = model.code if isinstance(model, fx.GraphModule) else repr(model)
+    return tensor_fingerprint(code, dict(model.state_dict()))
+
+
+@dataclass
+class RunContext:
+    """Everything a pipeline run needs: the prepared FP32 model, data, evaluation and caches."""
+
+    model: fx.GraphModule
+    dummy_input: Any
+    calibration: list[Any]
+    evaluate: Callable[[nn.Module, int | None], float]
+    fp32_accuracy: float
+    target: float
+    param_bw: int
+    output_bw: int
+    default_pair: str = "tf_enhanced/tf_enhanced"
+    default_per_channel: bool = True
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None
+    intermediate_num_samples: int | None = None
+    adaround_cache: Any = None
+    seed: int = 0
+    leaf_modules: Sequence[Any] = ()
+    model_cache: _LRU = field(default_factory=lambda: _LRU(8))
+    sim_cache: _LRU = field(default_factory=lambda: _LRU(4))
+    cache_hits: dict[str, int] = field(default_factory=dict)
+
+    def hit(self, what: str) -> None:
+        self.cache_hits[what] = self.cache_hits.get(what, 0) + 1
+
+    def feed(self, model: nn.Module) -> None:
+        from .._data import feed_batch
+
+        for batch in self.calibration:
+            if self.forward_fn is not None:
+                self.forward_fn(model, batch)
+            else:
+                feed_batch(model, batch)
+
+    def calibrated_sim(self, model: fx.GraphModule, pair: str, per_channel: bool) -> QuantSim:
+        """A calibrated sim of ``model`` with ``pair`` schemes; calibration is cached by content."""
+        key = hashlib.sha256(f"{model_fingerprint(model)}|{per_channel}|{self.param_bw}|{self.output_bw}".encode()).hexdigest()
+        cached = self.sim_cache.get_item(key)
+        param_scheme, act_scheme = pair.split("/")
+        if cached is not None:
+            self.hit("calibration")
+            sim: QuantSim = copy.deepcopy(cached)
+            sim.set_quant_scheme(param_scheme=param_scheme, activation_scheme=act_scheme)
+            return sim
+        sim = QuantSim(
+            model,
+            self.dummy_input,
+            param_quant_scheme=param_scheme,
+            activation_quant_scheme=act_scheme,
+            default_param_bw=self.param_bw,
+            default_output_bw=self.output_bw,
+            per_channel=per_channel,
+            leaf_modules=self.leaf_modules,
+        )
+        sim.compute_encodings(self.feed)
+        self.sim_cache.put(key, copy.deepcopy(sim))
+        return sim
+
+
+@dataclass
+class PipelineRun:
+    """The outcome of :func:`run_pipeline`."""
+
+    pipeline: Pipeline
+    sim: QuantSim
+    model: fx.GraphModule
+    stages: list[StageResult]
+    score: float
+    completed_early: bool = False
+    amp_result: Any = None
+
+    @property
+    def applied(self) -> Pipeline:
+        return Pipeline(self.pipeline.stages[: len(self.stages)])
+
+
+#: ``on_stage(index, result) -> bool``: return True to finish the pipeline now (target met).
+StageCallback = Callable[[int, StageResult], bool]
+
+
+def _model_stage(ctx: RunContext, model: fx.GraphModule, stage: Stage) -> fx.GraphModule:
+    from ..techniques import equalize_model, fold_all_batch_norms
+
+    key = hashlib.sha256(f"{model_fingerprint(model)}|{stage.key}|{stage.config.to_dict()}".encode()).hexdigest()
+    cached = ctx.model_cache.get_item(key)
+    if cached is not None:
+        ctx.hit(stage.key)
+        return copy.deepcopy(cached)
+    if stage.key == "bnf":
+        out = fold_all_batch_norms(model, ctx.dummy_input, stage.config)
+    else:
+        out = equalize_model(model, ctx.dummy_input, stage.config)
+    ctx.model_cache.put(key, copy.deepcopy(out))
+    return out
+
+
+def run_pipeline(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | None = None) -> PipelineRun:
+    """Apply ``pipeline`` stage by stage on a copy of ``ctx.model``, evaluating after each stage.
+
+    Model-level stages (``bnf``, ``cle``) transform the float model (the sim is rebuilt after them);
+    ``scheme`` chooses range setting; ``bc``, ``adaround`` and ``amp`` act on the sim. After each
+    stage the sim is scored with ``ctx.evaluate(model, ctx.intermediate_num_samples)``; when that
+    was a subset and the score meets the target it is confirmed on the full evaluation.
+    ``on_stage`` may stop the run early (the trial then completes with the stages applied so far).
+
+    Raises:
+        StageError: a technique failed (the message names the stage).
+    """
+    from ..amp import apply_mixed_precision
+    from ..techniques import apply_adaround, correct_bias
+
+    model = ctx.model
+    pair, per_channel = ctx.default_pair, ctx.default_per_channel
+    sim: QuantSim | None = None
+    results: list[StageResult] = []
+    amp_result = None
+    score = math.nan
+    for index, stage in enumerate(pipeline.stages):
+        start = time.perf_counter()
+        calls_before = _calls(ctx)
+        note = ""
+        try:
+            if stage.key in ("bnf", "cle"):
+                model = _model_stage(ctx, model, stage)
+                sim = None
+            elif isinstance(stage.config, SchemeConfig):
+                pair, per_channel = stage.config.pair, stage.config.per_channel
+                sim = None
+            elif isinstance(stage.config, SchemeSelectConfig):
+                pair, sim, note = _select_scheme(ctx, model, stage.config)
+                per_channel = stage.config.per_channel
+            else:
+                if sim is None:
+                    sim = ctx.calibrated_sim(model, pair, per_channel)
+                if stage.key == "adaround":
+                    sim = apply_adaround(
+                        sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn, cache=ctx.adaround_cache, seed=ctx.seed
+                    )
+                elif stage.key == "bc":
+                    sim = correct_bias(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn)
+                elif stage.key == "amp":
+                    amp_result = apply_mixed_precision(
+                        sim,
+                        stage.config,
+                        eval_callback=ctx.evaluate,
+                        allowed_accuracy_drop=max(0.0, ctx.fp32_accuracy - ctx.target),
+                        fp32_accuracy=ctx.fp32_accuracy,
+                        forward_fn=ctx.feed,
+                        progress=False,
+                    )
+                    note = f"relative BOPs {amp_result.relative_bops:.3f}"
+            if sim is None:
+                sim = ctx.calibrated_sim(model, pair, per_channel)
+        except AQSearchError as err:
+            raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {err}") from err
+        except Exception as err:
+            logger.debug("stage %s failed", stage.key, exc_info=True)
+            raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
+        score, samples = _score(ctx, sim)
+        result = StageResult(stage.key, score, samples, time.perf_counter() - start, _calls(ctx) - calls_before, note)
+        results.append(result)
+        logger.info(
+            "stage %d/%d %s: score %.4f (%.1f s)", index + 1, len(pipeline.stages), stage.describe(), score, result.seconds
+        )
+        if on_stage is not None and on_stage(index, result):
+            return PipelineRun(
+                pipeline, sim, model, results, score, completed_early=index < len(pipeline.stages) - 1, amp_result=amp_result
+            )
+    if sim is None:
+        sim = ctx.calibrated_sim(model, pair, per_channel)
+        score, _ = _score(ctx, sim)
+    if results and results[-1].num_samples is not None:
+        score = ctx.evaluate(sim.model, None)
+        results[-1].score = score
+        results[-1].num_samples = None
+    return PipelineRun(pipeline, sim, model, results, score, amp_result=amp_result)
+
+
+def _calls(ctx: RunContext) -> int:
+    return int(getattr(ctx.evaluate, "calls", 0))
+
+
+def _score(ctx: RunContext, sim: QuantSim) -> tuple[float, int | None]:
+    n = ctx.intermediate_num_samples
+    score = ctx.evaluate(sim.model, n)
+    if n is not None and score >= ctx.target:
+        return ctx.evaluate(sim.model, None), None
+    return score, n
+
+
+def _select_scheme(ctx: RunContext, model: fx.GraphModule, config: SchemeSelectConfig) -> tuple[str, QuantSim, str]:
+    best: tuple[float, str, QuantSim] | None = None
+    scores = []
+    for pair in config.candidates:
+        sim = ctx.calibrated_sim(model, pair, config.per_channel)
+        score = ctx.evaluate(sim.model, ctx.intermediate_num_samples)
+        scores.append(f"{pair}={score:.4f}")
+        if best is None or score > best[0]:
+            best = (score, pair, sim)
+    assert best is not None
+    return best[1], best[2], "selected " + best[1] + " of " + ", ".join(scores)
+
+
+def scheme_state(sim: QuantSim) -> tuple[str, bool]:
+    return f"{sim.param_quant_scheme.name}/{sim.activation_quant_scheme.name}", sim.per_channel
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)

@@ -1,0 +1,83 @@
+"""PTQ techniques: BatchNorm folding, cross-layer equalization, AdaRound, bias correction.
+
+Each technique is a frozen config dataclass (validated on construction, ``to_dict`` / ``from_dict``
+by allowlist) plus one apply function. None calls another, none writes files (AdaRound reads and
+writes results only through the cache object the caller passes in).
+
+=========  =========================  ===================================================================
+id         config                     apply
+=========  =========================  ===================================================================
+``bnf``    :class:`BatchNormFoldConfig` ``fold_all_batch_norms(model, dummy_input, config) -> model``
+``cle``    :class:`CLEConfig`          ``equalize_model(folded, dummy_input, config) -> model``
+``adaround`` :class:`AdaRoundParams`   ``apply_adaround(sim, data_loader, params, *, forward_fn, cache, seed) -> sim``
+``bc``     :class:`BiasCorrectionConfig` ``correct_bias(sim, data_loader, config, *, forward_fn) -> sim``
+=========  =========================  ===================================================================
+
+The model techniques (``bnf``, ``cle``) take and return a model (a prepared ``torch.fx.GraphModule``)
+and run before the :class:`~aq_search.QuantSim` is built; the sim techniques (``adaround``, ``bc``)
+modify a calibrated sim in place and return it. :data:`TECHNIQUES` lists them by id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+from ._adaround import AdaRoundLayerResult, AdaRoundParams, AdaRoundReport, apply_adaround
+from ._bias_correction import BiasCorrectionConfig, BiasCorrectionLayerResult, BiasCorrectionReport, correct_bias
+from ._bn_fold import BatchNormFoldConfig, BatchNormFoldReport, FoldedBatchNorm, fold_all_batch_norms
+from ._cache import AdaRoundCache, TensorCache
+from ._cle import CLEConfig, CLEReport, equalize_model
+from ._config import TechniqueConfig
+
+__all__ = [
+    "TECHNIQUES",
+    "AdaRoundCache",
+    "AdaRoundLayerResult",
+    "AdaRoundParams",
+    "AdaRoundReport",
+    "BatchNormFoldConfig",
+    "BatchNormFoldReport",
+    "BiasCorrectionConfig",
+    "BiasCorrectionLayerResult",
+    "BiasCorrectionReport",
+    "CLEConfig",
+    "CLEReport",
+    "FoldedBatchNorm",
+    "Technique",
+    "TechniqueConfig",
+    "TensorCache",
+    "apply_adaround",
+    "correct_bias",
+    "equalize_model",
+    "fold_all_batch_norms",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Technique:
+    """A registered technique: its id, config class, apply function and what it acts on.
+
+    ``acts_on == "model"``: ``apply(model, dummy_input, config) -> model``.
+    ``acts_on == "sim"``: ``apply(sim, data_loader, config, *, forward_fn=...) -> sim`` (AdaRound also takes
+    ``cache=`` and ``seed=``).
+    """
+
+    id: str
+    config_class: type[TechniqueConfig]
+    apply: Callable[..., Any]
+    acts_on: Literal["model", "sim"]
+    meta_key: str
+
+
+#: Every technique by id, in the usual order of application.
+TECHNIQUES: dict[str, Technique] = {
+    t.id: t
+    for t in (
+        Technique("bnf", BatchNormFoldConfig, fold_all_batch_norms, "model", "bn_fold"),
+        Technique("cle", CLEConfig, equalize_model, "model", "cle"),
+        Technique("adaround", AdaRoundParams, apply_adaround, "sim", "adaround"),
+        Technique("bc", BiasCorrectionConfig, correct_bias, "sim", "bias_correction"),
+    )
+}

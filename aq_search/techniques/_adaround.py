@@ -1,0 +1,598 @@
+"""AdaRound: layer-wise learned rounding of the weights (Nagel et al. 2020, "Up or Down?").
+
+For each quantized layer, in execution order, the rounding of every weight (down or up from
+``floor(w / scale)``) is learned so that the layer's output on cached calibration inputs matches the
+FP32 output. The soft rounding is the rectified sigmoid ``h(V)``; a regularizer with an annealed
+temperature ``beta`` pushes ``h`` to 0 or 1; the result is stored in the weight quantizer as a 0/1
+``rounding`` tensor, and the quantizer's encoding is frozen.
+
+Speed on CPU: a convolution is optimized as a matrix product on sampled output positions (the
+patches are gathered from the cached input for each mini-batch, not unfolded in full), so an
+iteration costs ``batch_size x (in_channels/groups x kernel) x out_channels`` multiply-adds whatever
+the image size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .._data import feed_batch, tensor_fingerprint
+from .._errors import CalibrationError, EncodingsNotComputedError
+from ..quantsim import FakeQuantizer, QuantSim
+from ._cache import TensorCache
+from ._config import TechniqueConfig, bad_argument
+from ._graph import CONV_TRANSPOSES, CONVS, bias_of
+from ._running import StopForward, float_mode, materialize_batches
+
+__all__ = ["AdaRoundLayerResult", "AdaRoundParams", "AdaRoundReport", "apply_adaround"]
+
+logger = logging.getLogger(__name__)
+
+META_ADAROUND = "adaround"
+_VERSION = "aq_search.adaround/1"
+_ZETA = 1.1
+_GAMMA = -0.1
+_SUPPORTED = (*CONVS, *CONV_TRANSPOSES, nn.Linear)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaRoundParams(TechniqueConfig):
+    """Settings of :func:`apply_adaround` (the names and defaults of AIMET's ``AdaroundParameters``).
+
+    Args:
+        num_batches: calibration batches whose layer inputs are cached and optimized on.
+        num_iterations: optimizer steps per layer.
+        reg_param: weight of the rounding regularizer relative to the reconstruction loss.
+        beta_range: ``(start, end)`` of the regularizer's temperature, annealed linearly after the warm start.
+        warm_start: fraction of the iterations without the regularizer, in ``[0, 1)``.
+        use_quantized_inputs: optimize each layer on its inputs in the quantized model (preceding layers
+            already rounded, activations quantized) instead of the FP32 inputs; the target stays the
+            FP32 output. Slower (both inputs are cached).
+        learning_rate: Adam's learning rate for the rounding variables.
+        batch_size: samples per iteration: output positions for a convolution, rows for a Linear
+            layer (drawn at random from the cached data).
+    """
+
+    technique: ClassVar[str] = "adaround"
+
+    num_batches: int
+    num_iterations: int = 10000
+    reg_param: float = 0.01
+    beta_range: tuple[float, float] = (20.0, 2.0)
+    warm_start: float = 0.2
+    use_quantized_inputs: bool = False
+    learning_rate: float = 1e-3
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self._check_int("num_batches", 1)
+        self._check_int("num_iterations", 1)
+        self._check_float("reg_param", 0.0, lo_open=True)
+        self._check_float("warm_start", 0.0, 1.0, hi_open=True)
+        self._check_bool("use_quantized_inputs")
+        self._check_float("learning_rate", 0.0, 1.0, lo_open=True)
+        self._check_int("batch_size", 1)
+        br = self.beta_range
+        ok = (
+            isinstance(br, (tuple, list))
+            and len(br) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0 for b in br)
+            and br[0] >= br[1]
+        )
+        if not ok:
+            raise self._fail("beta_range", "a pair (start, end) of positive numbers with start >= end, such as (20, 2)", br)
+        object.__setattr__(self, "beta_range", (float(br[0]), float(br[1])))
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaRoundLayerResult:
+    """One layer's outcome. The errors are the mean squared error of the layer's output (after its
+    fused activation) against the FP32 output, over the cached inputs: with round-to-nearest
+    weights and with the learned rounding. When the learned rounding is the worse of the two, the
+    layer keeps round-to-nearest (``kept_nearest``)."""
+
+    name: str
+    rtn_mse: float
+    adaround_mse: float
+    cache_hit: bool
+    seconds: float
+    kept_nearest: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaRoundReport:
+    """What :func:`apply_adaround` did, per layer in execution order; in ``sim.model.meta["aq_search"]["adaround"]``."""
+
+    layers: tuple[AdaRoundLayerResult, ...] = ()
+    skipped: tuple[tuple[str, str], ...] = ()
+
+    def result(self, name: str) -> AdaRoundLayerResult:
+        for r in self.layers:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+# -- the optimization --------------------------------------------------------------------------------
+def _functional(module: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
+    """The layer's forward with another weight."""
+    bias = bias_of(module)
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    if isinstance(module, CONVS):
+        return module._conv_forward(x, weight, bias)  # type: ignore[operator]
+    assert isinstance(module, CONV_TRANSPOSES)
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[weight.dim() - 2]
+    return fn(x, weight, bias, module.stride, module.padding, module.output_padding, module.groups, module.dilation)  # type: ignore[arg-type]
+
+
+def _activate(y: Tensor, clamp: tuple[float, float] | None) -> Tensor:
+    if clamp is None:
+        return y
+    lo, hi = clamp
+    if hi == math.inf:
+        return torch.clamp(y, min=lo)
+    return torch.clamp(y, lo, hi)
+
+
+@dataclasses.dataclass
+class _Grid:
+    """The weight's quantization grid, broadcast to the weight's shape."""
+
+    scale: Tensor
+    zero_point: Tensor
+    qmin: int
+    qmax: int
+
+    def rtn(self, w: Tensor) -> Tensor:
+        q = torch.clamp(torch.round(w / self.scale) + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+    def rounded(self, w: Tensor, rounding: Tensor) -> Tensor:
+        q = torch.clamp(torch.floor(w / self.scale) + rounding + self.zero_point, self.qmin, self.qmax)
+        return (q - self.zero_point) * self.scale
+
+
+def _grid(quantizer: FakeQuantizer, weight_shape: torch.Size) -> _Grid:
+    assert quantizer.scale is not None and quantizer.zero_point is not None
+    shape = [1] * len(weight_shape)
+    if quantizer.axis is not None:
+        shape[quantizer.axis] = -1
+    scale = quantizer.scale.reshape(shape).expand(weight_shape).contiguous()
+    zp = quantizer.zero_point.float().reshape(shape).expand(weight_shape).contiguous()
+    qmin, qmax = quantizer.quant_range
+    return _Grid(scale, zp, qmin, qmax)
+
+
+def _beta(it: int, params: AdaRoundParams) -> float:
+    """The regularizer's temperature: ``beta_range[0]`` until the warm start ends, then linear to ``beta_range[1]``."""
+    start = params.warm_start * params.num_iterations
+    b0, b1 = params.beta_range
+    rel = (it - start) / max(1.0, params.num_iterations - start)
+    return b1 + (b0 - b1) * max(0.0, 1.0 - rel)
+
+
+class _SoftWeight:
+    """``w_soft = s * (clamp(floor(w/s) + h(V) + zp, qmin, qmax) - zp)`` with its gradient, computed by hand.
+
+    ``h(V) = clamp(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)`` is the rectified sigmoid; ``V`` starts
+    where ``h(V)`` equals the fractional part of ``w / s`` (the soft weight then equals the float
+    weight). Weights whose floor already lies outside the grid do not depend on ``V``.
+    """
+
+    def __init__(self, w: Tensor, grid: _Grid, lr: float) -> None:
+        s, zp = grid.scale, grid.zero_point
+        ratio = w / s
+        floor = torch.floor(ratio)
+        c = floor + zp
+        frozen = (c < grid.qmin) | (c >= grid.qmax)
+        self.base = (torch.where(frozen, c.clamp(grid.qmin, grid.qmax), c) - zp) * s
+        # d w_soft / d h: the scale, zero where the weight is stuck at the end of the grid
+        self.slope = s.masked_fill(frozen, 0.0) if bool(frozen.any()) else s
+        frac = (ratio - floor).clamp(0.0, 1.0)
+        self.v = (-torch.log((_ZETA - _GAMMA) / (frac - _GAMMA) - 1.0)).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.v], lr=lr, fused=True)
+        self._sig = torch.empty_like(w)
+        self.h = torch.empty_like(w)
+
+    def weight(self) -> Tensor:
+        with torch.no_grad():
+            torch.sigmoid(self.v, out=self._sig)
+            torch.mul(self._sig, _ZETA - _GAMMA, out=self.h)
+            self.h.add_(_GAMMA).clamp_(0.0, 1.0)
+            return torch.addcmul(self.base, self.h, self.slope)
+
+    def step(self, grad_w: Tensor, reg_param: float, beta: float | None) -> None:
+        """One Adam step on V, given the gradient of the reconstruction loss w.r.t. the soft weight."""
+        with torch.no_grad():
+            g = grad_w.mul_(self.slope)
+            if beta is not None:
+                # d/dh reg (1 - |2h - 1|^beta) = -2 reg beta (2h - 1) |2h - 1|^(beta - 2); the power as
+                # exp(log), clamped inside float32's normal range (denormals are very slow on CPU).
+                a = torch.mul(self.h, 2.0).sub_(1.0)
+                p = a.abs().clamp_min_(1e-30).log_().mul_(beta - 2.0).clamp_(-80.0, 80.0).exp_()
+                g.addcmul_(a, p, value=-2.0 * reg_param * beta)
+            sig = self._sig
+            # dh/dV = (zeta - gamma) sig (1 - sig), zero where the rectification clamps h to 0 or 1
+            dh = torch.addcmul(sig, sig, sig, value=-1.0).mul_(_ZETA - _GAMMA)
+            dh.masked_fill_((self.h <= 0.0) | (self.h >= 1.0), 0.0)
+            self.v.grad = g.mul_(dh)
+        self.optimizer.step()
+
+    def hard(self) -> Tensor:
+        """The learned rounding: 1 where ``h(V) >= 0.5`` (i.e. ``V >= 0``)."""
+        return (self.v.detach() >= 0).to(torch.uint8)
+
+
+class _Sampler:
+    """Mini-batches of cached (input, target) pairs for one layer, with the layer's forward and weight gradient.
+
+    Linear: random rows. Conv (non-transposed): random windows of about ``batch_size`` output
+    positions (whole images when they are smaller), cut from the zero-padded cached input, so each
+    step is one native convolution plus its weight gradient. ConvTranspose: random whole images.
+    """
+
+    def __init__(
+        self, module: nn.Module, weight_shape: torch.Size, x: Tensor, target: Tensor, batch_size: int, generator: torch.Generator
+    ) -> None:
+        self.module = module
+        self.gen = generator
+        self.batch_size = batch_size
+        self.linear = isinstance(module, nn.Linear)
+        if self.linear:
+            self.x = x.reshape(-1, x.shape[-1])
+            self.t = target.reshape(-1, target.shape[-1])
+            return
+        self.transposed = isinstance(module, CONV_TRANSPOSES)
+        dims = x.dim() - 2
+        self.stride = list(module.stride)  # type: ignore[arg-type]
+        self.dilation = list(module.dilation)  # type: ignore[arg-type]
+        self.groups = int(module.groups)  # type: ignore[arg-type]
+        self.output_padding = list(getattr(module, "output_padding", [0] * dims))
+        if self.transposed:
+            self.padding = list(module.padding)  # type: ignore[arg-type]
+        else:
+            pad = [int(p) for p in module.padding]  # type: ignore[union-attr]
+            if any(pad):
+                spec = [p for d in reversed(pad) for p in (d, d)]
+                mode = str(module.padding_mode)
+                x = F.pad(x, spec) if mode == "zeros" else F.pad(x, spec, mode=mode)
+            self.padding = [0] * dims
+        if x.dim() == 4:  # channels-last: faster convolutions, much faster depthwise weight gradients
+            x, target = x.contiguous(memory_format=torch.channels_last), target.contiguous(memory_format=torch.channels_last)
+        self.x, self.t = x, target
+        self.out_size = list(target.shape[2:])
+        self.kernel = list(weight_shape[2:])
+        per_image = math.prod(self.out_size)
+        if self.transposed or per_image <= batch_size:
+            self.window: list[int] | None = None
+            self.images = min(x.shape[0], max(1, math.ceil(batch_size / per_image)))
+        else:
+            self.images = min(x.shape[0], 4)
+            side = (batch_size / self.images) ** (1.0 / dims)
+            self.window = [max(1, min(o, round(side))) for o in self.out_size]
+
+    def sample(self) -> tuple[Tensor, Tensor]:
+        if self.linear:
+            idx = torch.randint(self.x.shape[0], (min(self.batch_size, self.x.shape[0]),), generator=self.gen)
+            return self.x.index_select(0, idx), self.t.index_select(0, idx)
+        idx = torch.randint(self.x.shape[0], (self.images,), generator=self.gen)
+        if self.window is None:
+            return self.x.index_select(0, idx), self.t.index_select(0, idx)
+        xs, ts = [], []
+        for n in idx.tolist():
+            starts = [
+                int(torch.randint(o - w + 1, (1,), generator=self.gen)) for o, w in zip(self.out_size, self.window, strict=True)
+            ]
+            t_sl = tuple(slice(s, s + w) for s, w in zip(starts, self.window, strict=True))
+            x_sl = tuple(
+                slice(s * st, (s + w - 1) * st + d * (k - 1) + 1)
+                for s, w, st, d, k in zip(starts, self.window, self.stride, self.dilation, self.kernel, strict=True)
+            )
+            xs.append(self.x[(n, slice(None), *x_sl)])
+            ts.append(self.t[(n, slice(None), *t_sl)])
+        xb, tb = torch.stack(xs), torch.stack(ts)
+        if xb.dim() == 4:
+            xb, tb = xb.contiguous(memory_format=torch.channels_last), tb.contiguous(memory_format=torch.channels_last)
+        return xb, tb
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        bias = bias_of(self.module)
+        if self.linear:
+            return F.linear(x, w, bias)
+        return torch.ops.aten.convolution(
+            x, w, bias, self.stride, self.padding, self.dilation, self.transposed, self.output_padding, self.groups
+        )
+
+    def weight_grad(self, grad_out: Tensor, x: Tensor, w: Tensor) -> Tensor:
+        if self.linear:
+            return grad_out.t() @ x
+        return torch.ops.aten.convolution_backward(
+            grad_out,
+            x,
+            w,
+            None,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.transposed,
+            self.output_padding,
+            self.groups,
+            [False, True, False],
+        )[1]
+
+
+def _optimize(
+    module: nn.Module,
+    w: Tensor,
+    x: Tensor,
+    target: Tensor,
+    quantizer: FakeQuantizer,
+    clamp: tuple[float, float] | None,
+    params: AdaRoundParams,
+    seed: int,
+) -> Tensor:
+    """Learn the rounding of the float weight ``w``; returns a 0/1 uint8 tensor of the weight's shape.
+
+    Loss (as in the paper and AIMET): squared error summed over output channels and averaged over
+    samples, plus ``reg_param * sum(1 - |2 h(V) - 1|^beta)`` after the warm start.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    soft = _SoftWeight(w.detach(), _grid(quantizer, w.shape), params.learning_rate)
+    sampler = _Sampler(module, w.shape, x, target, params.batch_size, gen)
+    warm = int(params.warm_start * params.num_iterations)
+    lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
+    channel_dim = -1 if sampler.linear else 1
+    with torch.no_grad():
+        for it in range(params.num_iterations):
+            xb, tb = sampler.sample()
+            w_soft = soft.weight()
+            y = sampler.forward(xb, w_soft)
+            out = _activate(y, clamp)
+            samples = out.numel() // out.shape[channel_dim]
+            grad = (out - tb).mul_(2.0 / samples)
+            if clamp is not None:
+                grad.masked_fill_((y <= lo) | (y >= hi), 0.0)
+            grad_w = sampler.weight_grad(grad, xb, w_soft)
+            soft.step(grad_w, params.reg_param, _beta(it, params) if it >= warm else None)
+    return soft.hard()
+
+
+# -- data -------------------------------------------------------------------------------------------
+def _capture_inputs(
+    sim: QuantSim, name: str, batches: Sequence[Any], forward_fn: Callable[[nn.Module, Any], Any], quantized: bool
+) -> Tensor:
+    module = sim.layer(name)
+    captured: list[Tensor] = []
+
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        captured.append(args[0].detach())
+        raise StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    training = sim.model.training
+    sim.model.eval()
+    try:
+        with contextlib.nullcontext() if quantized else float_mode(sim), torch.no_grad():
+            for batch in batches:
+                with contextlib.suppress(StopForward):
+                    forward_fn(sim.model, batch)
+    finally:
+        handle.remove()
+        sim.model.train(training)
+    if not captured:
+        raise CalibrationError(
+            f"AdaRound: layer {name!r} never ran on the calibration batches; check that forward_fn(model, batch) "
+            "runs the model it is given."
+        )
+    return torch.cat(captured)
+
+
+def _fused_clamp(sim: QuantSim, name: str) -> tuple[float, float] | None:
+    """The ReLU/ReLU6 that follows the layer's output (folded into a quantizer, or still a module)."""
+    nodes = [n for n in sim.model.graph.nodes if n.op == "call_module" and str(n.target) == name]
+    if len(nodes) != 1:
+        return None
+    cur: fx.Node = nodes[0]
+    while len(cur.users) == 1:
+        user = next(iter(cur.users))
+        if user.op != "call_module":
+            return None
+        module = sim.model.get_submodule(str(user.target))
+        if isinstance(module, FakeQuantizer):
+            if module.fused_clamp is not None:
+                return module.fused_clamp
+            if module.enabled:
+                return None
+            cur = user
+            continue
+        if type(module) is nn.ReLU:
+            return (0.0, math.inf)
+        if type(module) is nn.ReLU6:
+            return (0.0, 6.0)
+        if type(module) is nn.Hardtanh and module.min_val <= 0.0 <= module.max_val:
+            return (float(module.min_val), float(module.max_val))
+        return None
+    return None
+
+
+def _layer_key(
+    module: nn.Module,
+    w: Tensor,
+    quantizer: FakeQuantizer,
+    clamp: tuple[float, float] | None,
+    params: AdaRoundParams,
+    seed: int,
+    x_opt: Tensor,
+    x_fp: Tensor | None,
+) -> str:
+    hyper = {
+        k: repr(getattr(module, k, None)) for k in ("stride", "padding", "dilation", "groups", "output_padding", "padding_mode")
+    }
+    return tensor_fingerprint(
+        _VERSION,
+        type(module).__name__,
+        hyper,
+        w,
+        bias_of(module),
+        quantizer.scale,
+        quantizer.zero_point,
+        quantizer.quant_range,
+        quantizer.axis,
+        clamp,
+        params.to_dict(),
+        seed,
+        x_opt,
+        x_fp,
+    )
+
+
+def _mse(
+    module: nn.Module, x: Tensor, weight: Tensor, target: Tensor, clamp: tuple[float, float] | None, chunk: int = 64
+) -> float:
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], chunk):
+            out = _activate(_functional(module, x[i : i + chunk], weight), clamp)
+            d = out - target[i : i + chunk]
+            total += float(d.double().pow(2).sum())
+            count += d.numel()
+    return total / max(1, count)
+
+
+def _check_sim(sim: object, params: object, seed: object) -> QuantSim:
+    if not isinstance(sim, QuantSim):
+        raise bad_argument("sim", "apply_adaround", "a QuantSim", sim)
+    if not isinstance(params, AdaRoundParams):
+        raise bad_argument("params", "apply_adaround", "an AdaRoundParams", params)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise bad_argument("seed", "apply_adaround", "an int >= 0", seed)
+    return sim
+
+
+def apply_adaround(
+    sim: QuantSim,
+    data_loader: Iterable[Any],
+    params: AdaRoundParams,
+    *,
+    forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+    cache: TensorCache | None = None,
+    seed: int = 0,
+) -> QuantSim:
+    """Learn the weight rounding of every quantized Conv/ConvTranspose/Linear layer of ``sim``.
+
+    Each layer starts from its FLOAT weights and the weight encoding already in the sim (so call
+    ``sim.compute_encodings`` first). Layers are processed in execution order; each one's inputs are
+    cached from the first ``params.num_batches`` batches (FP32 inputs, or with
+    ``params.use_quantized_inputs`` the quantized model's, which already uses the rounding learned
+    for the layers before it). The target is the FP32 output after the layer's fused ReLU/ReLU6.
+    The learned rounding goes into the weight quantizer (``quantizer.rounding``) and the quantizer
+    is frozen, so ``compute_param_encodings`` keeps it. Works per channel and per tensor, 2..8 bits.
+
+    Args:
+        sim: a calibrated :class:`~aq_search.QuantSim`; modified in place and returned.
+        data_loader: a re-iterable of batches (model inputs only, as for calibration).
+        params: an :class:`AdaRoundParams`.
+        forward_fn: ``forward_fn(model, batch)`` runs one batch; default ``model(batch)`` /
+            ``model(*batch)`` / ``model(**batch)``.
+        cache: a cache such as :class:`AdaRoundCache`; a layer whose weight, encoding, params, seed
+            and cached inputs are all identical to a stored result reuses it without optimizing.
+        seed: seeds the sampling of mini-batches (the result is deterministic for a seed).
+
+    Returns:
+        ``sim``, with ``sim.model.meta["aq_search"]["adaround"]`` an :class:`AdaRoundReport`.
+
+    Raises:
+        EncodingsNotComputedError: the sim has no weight encodings (or, with quantized inputs, no
+            activation encodings) yet.
+        InvalidInputError: bad arguments or an empty data loader.
+    """
+    sim = _check_sim(sim, params, seed)
+    feed = forward_fn if forward_fn is not None else feed_batch
+    if not callable(feed):
+        raise bad_argument("forward_fn", "apply_adaround", "a callable forward_fn(model, batch) or None", forward_fn)
+    layers: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for name in sim.quantized_layers:
+        module, q = sim.layer(name), sim.param_quantizer(name)
+        if not isinstance(module, _SUPPORTED):
+            skipped.append((name, f"{type(module).__name__} weights are not adarounded"))
+        elif not q.enabled or q.dtype != "int":
+            skipped.append((name, "its weight is not quantized to int"))
+        elif q.scale is None:
+            raise EncodingsNotComputedError(
+                f"apply_adaround needs the weight encodings, but {name!r} has none: call "
+                "sim.compute_encodings(forward_fn) (or sim.load_encodings) before apply_adaround."
+            )
+        else:
+            layers.append(name)
+    if params.use_quantized_inputs:
+        missing = [n for n, q in sim.activation_quantizers.items() if q.enabled and q.dtype == "int" and q.scale is None]
+        if missing:
+            raise EncodingsNotComputedError(
+                f"apply_adaround with use_quantized_inputs needs the activation encodings ({missing[:3]} have none): "
+                "call sim.compute_encodings(forward_fn) first."
+            )
+    batches = materialize_batches(data_loader, params.num_batches, "apply_adaround")
+
+    results: list[AdaRoundLayerResult] = []
+    for name in tqdm(layers, desc="AdaRound", unit="layer", disable=None, leave=False):
+        start = time.perf_counter()
+        module, quantizer = sim.layer(name), sim.param_quantizer(name)
+        clamp = _fused_clamp(sim, name)
+        x_fp = _capture_inputs(sim, name, batches, feed, quantized=False)
+        x_opt = _capture_inputs(sim, name, batches, feed, quantized=True) if params.use_quantized_inputs else x_fp
+        w = sim.float_weight(name).detach()
+        with torch.no_grad():
+            target = torch.cat([_activate(_functional(module, x_fp[i : i + 64], w), clamp) for i in range(0, x_fp.shape[0], 64)])
+        key = _layer_key(module, w, quantizer, clamp, params, seed, x_opt, x_fp if params.use_quantized_inputs else None)
+        stored = cache.get(key) if cache is not None else None
+        rounding = stored.get("rounding") if stored is not None else None
+        hit = rounding is not None and tuple(rounding.shape) == tuple(w.shape)
+        if not hit:
+            rounding = _optimize(module, w, x_opt, target, quantizer, clamp, params, seed)
+            if cache is not None:
+                cache.put(key, {"rounding": rounding})
+        assert rounding is not None
+        grid = _grid(quantizer, w.shape)
+        rtn_mse = _mse(module, x_opt, grid.rtn(w), target, clamp)
+        ada_mse = _mse(module, x_opt, grid.rounded(w, rounding.to(w.dtype)), target, clamp)
+        nearest = ada_mse > rtn_mse
+        if nearest:
+            logger.info(
+                "AdaRound %s: the learned rounding reconstructs worse than round-to-nearest (mse %.3g > %.3g); "
+                "keeping round-to-nearest (try a larger reg_param or more iterations)",
+                name,
+                ada_mse,
+                rtn_mse,
+            )
+            ratio = w / grid.scale
+            rounding = (torch.round(ratio) - torch.floor(ratio)).to(torch.uint8)
+        quantizer.rounding = rounding.to(torch.uint8)
+        quantizer.frozen = True
+        seconds = time.perf_counter() - start
+        results.append(AdaRoundLayerResult(name, rtn_mse, ada_mse, hit, seconds, nearest))
+        logger.debug(
+            "AdaRound %s: mse %.3g -> %.3g (%s, %.2fs)", name, rtn_mse, ada_mse, "cached" if hit else "optimized", seconds
+        )
+    report = AdaRoundReport(tuple(results), tuple(skipped))
+    sim.model.meta["aq_search"][META_ADAROUND] = report
+    logger.info(
+        "AdaRound: %d layer(s) (%d from cache), %d skipped",
+        len(results),
+        sum(r.cache_hit for r in results),
+        len(skipped),
+    )
+    return sim

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run aq-search's checks: create or reuse a virtual environment, install torch 2.13.0 (CPU wheel)
+# pinned before the package, then ruff, mypy and pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${AQ_VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# shellcheck disable=SC1091
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev,onnx,dashboard,notebooks,postgres,realcases]"
+python -m pip install -q --no-deps foolbox==3.3.4
+ruff check aq_search tests benchmarks
+mypy
+python -m pytest "$@"
