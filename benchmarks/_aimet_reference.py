@@ -23,6 +23,9 @@ first, then the current directory)::
                                 #     "num_samples_for_phase_2": null}
       "results_dir": "/tmp/aimet_run",               # AIMET artefacts go here
       "output": "/tmp/aimet_run/result.json",        # default: <results_dir>/result.json
+      "per_channel": null,      # true: default_config_per_channel.json, false: default_config.json
+                                #   (per-tensor weights); null: AIMET's default, which in 2.30 is
+                                #   per-channel; "config_file" overrides all three
       "num_threads": 1, "seed": 0, "strict_validation": true,
       "verify": true            # re-evaluate AIMET's exported encodings ourselves
     }
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 from aimet_torch.nn import BaseQuantizationMixin
                 return any(isinstance(x, BaseQuantizationMixin) for x in m.modules())
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001  # pragma: no cover - any failure: "not quantized"
                 return False
 
         t_opt0 = [None]
@@ -230,9 +233,26 @@ def main(argv: list[str] | None = None) -> int:
         qs_name = job.get("quant_scheme", "post_training_tf_enhanced")
         quant_scheme = getattr(QuantScheme, qs_name)
         param_bw, output_bw = int(job["param_bw"]), int(job["output_bw"])
+        config_file = job.get("config_file")
+        if config_file is None and job.get("per_channel") is not None:
+            # AIMET 2.30's QuantizationSimModel uses default_config_per_channel.json when config_file
+            # is None (per-channel weights); per-tensor weights need default_config.json explicitly.
+            import aimet_torch.common.quantsim_config as _qcfg
+            name = "default_config_per_channel.json" if job["per_channel"] else "default_config.json"
+            config_file = os.path.join(os.path.dirname(_qcfg.__file__), name)
+        result["config_file"] = config_file
         common = dict(param_bw=param_bw, output_bw=output_bw, quant_scheme=quant_scheme,
-                      results_dir=results_dir,
+                      results_dir=results_dir, config_file=config_file,
                       strict_validation=bool(job.get("strict_validation", True)))
+        # Pass-through modules AIMET has no quantized definition for (EfficientNet-Lite0's
+        # efficientnet_lite_pytorch.utils.Identity, used as static padding): AIMET's own error
+        # message tells the user to exclude them with QuantizationMixin.ignore, which is what we do.
+        from aimet_torch.nn import QuantizationMixin
+        ignored = sorted({type(m) for m in model.modules() if type(m).__name__ == "Identity"
+                          and type(m) is not torch.nn.Identity}, key=lambda c: c.__qualname__)
+        for cls in ignored:
+            QuantizationMixin.ignore(cls)
+        result["aimet_ignored_modules"] = [f"{c.__module__}.{c.__qualname__}" for c in ignored]
         amp = job.get("mixed_precision")
         if amp:
             auto_quant = AutoQuantWithAutoMixedPrecision(model, dummy_input, loader, eval_callback,
@@ -278,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["aimet_fp32_accuracy"] = float(base._fp32_acc)
                     result["target_accuracy"] = (float(base._fp32_acc)
                                                  - float(job["allowed_accuracy_drop"]))
-            except Exception as exc:  # diagnostics only
+            except Exception as exc:  # noqa: BLE001  # diagnostics only
                 result["stage_report_error"] = repr(exc)
 
         best_model, acc, enc_path = ret[0], ret[1], ret[2]
@@ -306,11 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                     sim = QuantizationSimModel(best_model, dummy_input,
                                                quant_scheme=QuantScheme.post_training_tf,
                                                default_param_bw=param_bw,
-                                               default_output_bw=output_bw)
+                                               default_output_bw=output_bw,
+                                               config_file=config_file)
                     sim.load_encodings(torch_enc, strict=True, partial=False,
                                        requires_grad=False, allow_overwrite=False)
                     result["verified_accuracy"] = float(eval_fn(sim.model, None))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  # recorded in the result
                     result["verify_error"] = f"{type(exc).__name__}: {exc}"
     except BaseException as exc:  # record, never crash without a result file
         result["exception"] = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -12,23 +12,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
+from bench_quantsim import _time  # the same timing helper (this script's folder is on sys.path)
 
 from aq_search import QuantSim
 from aq_search.examples import imagenet
 from aq_search.techniques import AdaRoundParams, _adaround, apply_adaround, correct_bias, equalize_model, fold_all_batch_norms
-
-
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -79,7 +69,8 @@ def main() -> None:
         f"AdaRound W{args.bits} per-channel, {len(report.layers)} layers, {args.images} images, batch {args.batch_size}, "
         f"{args.iterations} iterations (scaled to 1,000):"
     )
-    print(f"  optimization per layer per 1k it:  median {statistics.median(opt):6.2f} s  max {max(opt):6.2f} s  sum {sum(opt):7.1f} s")
+    med, top, total_opt = statistics.median(opt), max(opt), sum(opt)
+    print(f"  optimization per layer per 1k it:  median {med:6.2f} s  max {top:6.2f} s  sum {total_opt:7.1f} s")
     print(f"  whole layer per 1k it:             median {statistics.median(whole):6.2f} s  max {max(whole):6.2f} s")
     print(f"  apply_adaround wall time:          {total:7.1f} s for {args.iterations} iterations per layer")
     worse = [r.name for r in report.layers if r.adaround_mse >= r.rtn_mse]

@@ -22,6 +22,8 @@ from ._space import (
     load_search_space,
     validate_ordering,
 )
+from ._storage import make_storage
+from ._task import load_task
 
 __all__ = [
     "AIMET_SCHEME_CANDIDATES",
@@ -40,6 +42,8 @@ __all__ = [
     "StageResult",
     "builtin_spaces",
     "load_search_space",
+    "load_task",
+    "make_storage",
     "pipeline_from_dict",
     "run_pipeline",
     "suggest_pipeline",

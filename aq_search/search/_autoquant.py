@@ -20,6 +20,7 @@ from torch import nn
 
 from .._data import as_model_args, data_fingerprint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
+from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ._pipeline import (
@@ -36,6 +37,7 @@ from ._pipeline import (
 )
 from ._pruner import StagePruner
 from ._space import SearchSpace, load_search_space
+from ._storage import WORKER_ATTR, check_storage_spec, fail_dead_local_trials, make_storage, storage_label, worker_id
 
 __all__ = ["AutoQuant", "AutoQuantResult", "CountingEval"]
 
@@ -43,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_VERSION = 1
 _TARGET_ATTR = "target_met_by"
+_IDENTITY_ATTR = "identity"
 
 
 class CountingEval:
@@ -180,6 +183,16 @@ class AutoQuant:
         mixed_precision_candidates: fixed AMP candidates, e.g. ``["w8a8", "w4a8"]``.
         num_calibration_batches: use at most this many batches of ``data_loader``.
         leaf_modules: module classes or names to keep whole when tracing.
+        heartbeat_interval: for a storage URL: seconds between heartbeats of a running trial, so a
+            trial whose worker was killed is marked failed and retried by another worker (Optuna's
+            RDB heartbeat; SQLite included). ``None`` turns it off. Journal storages (``.log``) use a
+            same-host process check instead; see ``aq_search/search/_storage.py``.
+        grace_period: seconds without a heartbeat before a trial counts as dead (default
+            ``2 * heartbeat_interval``).
+        max_retries: how often one trial is retried after its worker died (``None``: no limit).
+        sampler_seed: seed of the Optuna sampler (default: ``seed``). Worker processes sharing one
+            study need different sampler seeds, or they propose the same trials; ``aq-search
+            worker`` gives each its own. ``seed`` itself (AdaRound) must stay the same everywhere.
     """
 
     def __init__(
@@ -203,6 +216,10 @@ class AutoQuant:
         mixed_precision_candidates: Sequence[Any] | None = None,
         num_calibration_batches: int | None = None,
         leaf_modules: Sequence[Any] = (),
+        heartbeat_interval: int | None = 60,
+        grace_period: int | None = None,
+        max_retries: int | None = 2,
+        sampler_seed: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
@@ -227,6 +244,15 @@ class AutoQuant:
             )
         if per_channel is not None and not isinstance(per_channel, bool):
             raise InvalidInputError(f"The 'per_channel' parameter must be True, False or None. Got {per_channel!r} instead.")
+        for name, value, low in (
+            ("heartbeat_interval", heartbeat_interval, 1),
+            ("grace_period", grace_period, 1),
+            ("max_retries", max_retries, 0),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise InvalidInputError(f"The '{name}' parameter must be an int >= {low} or None. Got {value!r} instead.")
+        if storage is not None:
+            check_storage_spec(storage)
         self.model = model
         self.dummy_input = dummy_input
         self.data_loader = data_loader
@@ -243,6 +269,11 @@ class AutoQuant:
         self.forward_fn = forward_fn
         self.num_calibration_batches = num_calibration_batches
         self.leaf_modules = tuple(leaf_modules)
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_retries = max_retries
+        self.sampler_seed = sampler_seed
+        self._storage_obj: optuna.storages.BaseStorage | None = None
         self._adaround_params: Any = None
         self._amp_candidates: tuple[str, ...] | None = None
         from ..quantsim._range import make_range_estimator
@@ -328,18 +359,30 @@ class AutoQuant:
     def _default_study_name(self) -> str:
         return f"aq-search-{type(self.model).__name__}-w{self.param_bw}a{self.output_bw}"
 
-    def _storage(self) -> str | optuna.storages.BaseStorage:
+    def _storage_spec(self) -> str | os.PathLike[str] | optuna.storages.BaseStorage:
         if self.storage is not None:
             return self.storage
         return f"sqlite:///{(self.results_dir / 'study.db').resolve()}"
 
+    def _storage(self) -> optuna.storages.BaseStorage:
+        """The study's storage, built once (heartbeats and retries set up; see :func:`make_storage`)."""
+        if self._storage_obj is None:
+            spec = self._storage_spec()
+            if isinstance(spec, str) and spec.startswith("sqlite:///") and not spec.startswith("sqlite:///:memory:"):
+                Path(spec[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            self._storage_obj = make_storage(
+                spec, heartbeat_interval=self.heartbeat_interval, grace_period=self.grace_period, max_retries=self.max_retries
+            )
+        return self._storage_obj
+
     def _sampler(self) -> optuna.samplers.BaseSampler:
+        seed = self.sampler_seed if self.sampler_seed is not None else self.seed
         if self.space.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
+            return optuna.samplers.RandomSampler(seed=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=self.seed,
+                seed=seed,
                 n_startup_trials=self.space.n_startup_trials,
                 multivariate=True,
                 group=True,
@@ -373,6 +416,8 @@ class AutoQuant:
             params["scheme__per_channel"] = True
         if "cle" in ordering and len(self.space.cle.high_bias_absorption.values) > 1:
             params["cle__high_bias_absorption"] = True
+        if "cle" in ordering and len(self.space.cle.replace_relu6.values) > 1 and "always" in self.space.cle.replace_relu6.values:
+            params["cle__replace_relu6"] = "always"  # AIMET replaces every ReLU6 it equalizes across
         return params
 
     def _open_study(self, ctx: RunContext, allowed_drop: float) -> optuna.Study:
@@ -396,18 +441,23 @@ class AutoQuant:
             "output_bw": self.output_bw,
             "allowed_accuracy_drop": allowed_drop,
         }
-        if "model_fingerprint" in attrs:
-            changed = [k for k, v in identity.items() if attrs.get(k) != v]
+        # identity and FP32 accuracy live in ONE attribute, so a worker starting beside another never
+        # sees half of it (several set_user_attr calls are not atomic across processes)
+        recorded = attrs.get(_IDENTITY_ATTR)
+        if isinstance(recorded, dict):
+            changed = [k for k, v in identity.items() if recorded.get(k) != v]
             if changed:
                 raise InvalidInputError(
-                    f"study {name!r} in {self._storage()} was run with different settings ({', '.join(changed)} differ); "
+                    f"study {name!r} in {storage_label(self._storage_spec())} was run with different settings "
+                    f"({', '.join(changed)} differ); "
                     "resuming it would mix results. Pass a new study_name, or the same model/data/space/settings."
                 )
-            ctx.fp32_accuracy = float(attrs["fp32_accuracy"])
+            ctx.fp32_accuracy = float(recorded["fp32_accuracy"])
             logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
         else:
             ctx.fp32_accuracy = self._fp32(ctx)
-            for k, v in identity.items():
+            study.set_user_attr(_IDENTITY_ATTR, {**identity, "fp32_accuracy": ctx.fp32_accuracy})
+            for k, v in identity.items():  # also one by one, for the dashboard and notebooks
                 study.set_user_attr(k, v)
             study.set_user_attr("fp32_accuracy", ctx.fp32_accuracy)
             study.set_user_attr("fp32_eval_calls", 1)
@@ -462,15 +512,24 @@ class AutoQuant:
             if params is not None:
                 study.enqueue_trial(params, user_attrs={"reference_recipe": True}, skip_if_exists=True)
         finished = [t for t in study.trials if t.state.is_finished()]
+        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        met = [t.number for t in complete if t.value is not None and t.value >= ctx.target]
+        if met and _target_met_by(study) is None:  # its worker died between finishing the trial and marking the study
+            study.set_user_attr(_TARGET_ATTR, met[0])
         budget = n_trials if n_trials is not None else max(0, self.space.max_trials - len(finished))
         runner = _TrialRunner(self, ctx)
+        fail_dead_local_trials(study, self._storage(), self.max_retries)
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [runner.after_trial]
+        if n_trials is None:  # the space's max_trials bounds the whole study, however many workers share it
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            callbacks.append(optuna.study.MaxTrialsCallback(self.space.max_trials, states=states))
         if _target_met_by(study) is None and budget > 0:
             study.optimize(
                 runner,
                 n_trials=budget,
                 timeout=timeout,
                 catch=(AQSearchError,),
-                callbacks=[runner.after_trial],
+                callbacks=callbacks,
                 gc_after_trial=False,
             )
             runner.close()
@@ -482,19 +541,30 @@ class AutoQuant:
         if not complete:
             raise AQSearchError(
                 "no trial completed, so there is no quantized model to return; the failed trials' messages are in "
-                f"the study ({self._storage()}): " + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
+                f"the study ({storage_label(self._storage_spec())}): "
+                + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
             )
         best = max(complete, key=lambda t: (t.value, -t.number))
         run = runner.best_run if runner.best_number == best.number else None
-        if run is None:
+        if run is None:  # the best trial ran in another process (or an earlier run): rebuild it here
             run = self._replay(best, ctx)
+            if not math.isclose(run.score, float(best.value or 0.0), rel_tol=0.0, abs_tol=1e-6):
+                logger.warning(
+                    "replaying trial %d here scored %.6f, not the %.6f it recorded (different machine, threads or "
+                    "library versions?); saving the replayed model, reporting the recorded score",
+                    best.number,
+                    run.score,
+                    best.value,
+                )
         assert best.value is not None
         out = self.results_dir / "best"
         out.mkdir(parents=True, exist_ok=True)
         encoding_path = out / "encodings.json"
-        run.sim.export_encodings(encoding_path)
-        torch.save(run.sim.model.state_dict(), out / "model_state.pt")
-        (out / "pipeline.yaml").write_text(yaml.safe_dump(run.applied.to_dict(), sort_keys=False), encoding="utf-8")
+        # several workers may share results_dir: write each file whole, then rename it into place
+        _write_atomic(encoding_path, run.sim.export_encodings)
+        _write_atomic(out / "model_state.pt", lambda p: torch.save(run.sim.model.state_dict(), p))
+        pipeline_text = yaml.safe_dump(run.applied.to_dict(), sort_keys=False)
+        _write_atomic(out / "pipeline.yaml", lambda p: p.write_text(pipeline_text, encoding="utf-8"))
         n_eval = int(study.user_attrs.get("fp32_eval_calls", 1)) + sum(
             int(t.user_attrs.get("eval_calls", 0)) for t in study.trials
         )
@@ -516,7 +586,7 @@ class AutoQuant:
             "results_version": RESULTS_VERSION,
             "aq_search_version": _version(),
             "study_name": study.study_name,
-            "storage": str(self._storage()),
+            "storage": storage_label(self._storage_spec()),
             "fp32_accuracy": ctx.fp32_accuracy,
             "target_accuracy": ctx.target,
             "accuracy": best.value,
@@ -531,9 +601,9 @@ class AutoQuant:
             "leaf_modules": [m if isinstance(m, str) else f"{m.__module__}.{m.__qualname__}" for m in self.leaf_modules],
             "message": message,
         }
-        (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1), encoding="utf-8"))
         logger.info(message)
-        return AutoQuantResult(
+        result = AutoQuantResult(
             model=run.sim.model,
             sim=run.sim,
             accuracy=float(best.value),
@@ -550,6 +620,8 @@ class AutoQuant:
             results_dir=str(self.results_dir),
             stage_results=tuple(run.stages),
         )
+        publish_study(result)  # dashboard note and plots, results_dir/report.html; never raises
+        return result
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         return suggest_pipeline(
@@ -582,6 +654,16 @@ class AutoQuant:
         return self._replay(trial, ctx)
 
 
+def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def _target_met_by(study: optuna.Study) -> int | None:
     value = study.user_attrs.get(_TARGET_ATTR)
     return int(value) if value is not None else None
@@ -596,6 +678,7 @@ class _TrialRunner:
         self.best_run: PipelineRun | None = None
         self.best_number = -1
         self.best_value = -math.inf
+        self.worker = worker_id()
         self._bar: Any = None
 
     def _progress(self, study: optuna.Study) -> None:
@@ -615,6 +698,10 @@ class _TrialRunner:
     def __call__(self, trial: optuna.Trial) -> float:
         ctx = self.ctx
         study = trial.study
+        trial.set_user_attr(WORKER_ATTR, self.worker)
+        retried = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
+        if retried is not None:  # a retry of a trial whose worker died (heartbeat expired / process gone)
+            trial.set_user_attr("retry_of", int(retried))
         if _target_met_by(study) is not None:
             trial.set_user_attr("stopped", f"target already met by trial {_target_met_by(study)}")
             study.stop()
@@ -681,18 +768,22 @@ class _TrialRunner:
         trial.set_user_attr("encodings_path", str(enc_dir / "encodings.json"))
         if run.score > self.best_value:
             self.best_value, self.best_number, self.best_run = run.score, trial.number, run
-        if run.score >= ctx.target and _target_met_by(study) is None:
-            study.set_user_attr(_TARGET_ATTR, trial.number)
+        record_trial(trial, run, self.aq.results_dir, fp32_accuracy=ctx.fp32_accuracy, target_accuracy=ctx.target)
         return run.score
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
+            # set only once the trial is COMPLETE, so every worker that sees it can also use the trial
+            if trial.value >= self.ctx.target and _target_met_by(study) is None:
+                study.set_user_attr(_TARGET_ATTR, trial.number)
             best = study.user_attrs.get("best_value")
             if best is None or trial.value > best:
                 study.set_user_attr("best_value", trial.value)
         self._progress(study)
         if _target_met_by(study) is not None:
             study.stop()
+        else:
+            fail_dead_local_trials(study, self.aq._storage(), self.aq.max_retries)
 
 
 def relative_bops(sim: QuantSim) -> float | None:

@@ -14,14 +14,14 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import optuna
 import torch
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from .._data import tensor_fingerprint
 from .._errors import AQSearchError, InvalidInputError
@@ -75,17 +75,25 @@ class SchemeConfig(TechniqueConfig):
 
 @dataclasses.dataclass(frozen=True)
 class SchemeSelectConfig(TechniqueConfig):
-    """AIMET-style scheme selection: evaluate every pair at this point, keep the best."""
+    """AIMET-style scheme selection: score every pair at this point, keep the best.
+
+    ``select_by="eval"`` scores with the eval callback (one call per pair, as AIMET does);
+    ``"sqnr"`` with the signal-to-quantization-noise ratio of the model's outputs against the FP32
+    model's on (up to four) calibration batches, which costs no eval call.
+    """
 
     technique: ClassVar[str] = "scheme"
 
     candidates: tuple[str, ...] = ()
     per_channel: bool = True
+    select_by: str = "eval"
 
     def __post_init__(self) -> None:
         self._check_bool("per_channel")
         if not self.candidates or not all(isinstance(c, str) and c.count("/") == 1 for c in self.candidates):
             raise self._fail("candidates", "a non-empty tuple of '<param>/<activation>' scheme pairs", self.candidates)
+        if self.select_by not in ("eval", "sqnr"):
+            raise self._fail("select_by", "'eval' or 'sqnr'", self.select_by)
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,17 @@ class Stage:
         if isinstance(c, SchemeConfig):
             return f"scheme({c.pair}{'' if c.per_channel else ', per-tensor'})"
         if isinstance(c, SchemeSelectConfig):
-            return f"scheme(select{'' if c.per_channel else ', per-tensor'})"
+            by = " by sqnr" if c.select_by == "sqnr" else ""
+            return f"scheme(select{by}{'' if c.per_channel else ', per-tensor'})"
         if self.key == "adaround":
             return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g})"
         if self.key == "amp":
             return f"amp({'/'.join(c.candidates)})"
-        if self.key == "cle" and not c.high_bias_absorption:
-            return "cle(no-hba)"
+        if self.key == "cle" and (not c.high_bias_absorption or c.replace_relu6 != "always"):
+            opts = [] if c.high_bias_absorption else ["no-hba"]
+            if c.replace_relu6 != "always":
+                opts.append(f"relu6:{c.replace_relu6}")
+            return f"cle({', '.join(opts)})"
         return self.key
 
 
@@ -231,14 +243,17 @@ def suggest_pipeline(
             else:
                 per_channel = bool(_suggest(trial, "scheme__per_channel", space.scheme.per_channel))
             if pair == "select":
-                config = SchemeSelectConfig(candidates=space.scheme.select_candidates, per_channel=per_channel)
+                config = SchemeSelectConfig(
+                    candidates=space.scheme.select_candidates, per_channel=per_channel, select_by=space.scheme.select_by
+                )
             else:
                 config = SchemeConfig(pair=pair, per_channel=per_channel)
         elif key == "bnf":
             config = BatchNormFoldConfig()
         elif key == "cle":
             config = CLEConfig(
-                high_bias_absorption=bool(_suggest(trial, "cle__high_bias_absorption", space.cle.high_bias_absorption))
+                high_bias_absorption=bool(_suggest(trial, "cle__high_bias_absorption", space.cle.high_bias_absorption)),
+                replace_relu6=str(_suggest(trial, "cle__replace_relu6", space.cle.replace_relu6)),
             )
         elif key == "bc":
             nb = int(_suggest(trial, "bc__num_batches", space.bias_correction.num_batches))
@@ -332,6 +347,7 @@ class RunContext:
     model_cache: _LRU = field(default_factory=lambda: _LRU(8))
     sim_cache: _LRU = field(default_factory=lambda: _LRU(4))
     cache_hits: dict[str, int] = field(default_factory=dict)
+    reference_outputs: list[Tensor] | None = None  # FP32 outputs on calibration batches (scheme selection by sqnr)
 
     def hit(self, what: str) -> None:
         self.cache_hits[what] = self.cache_hits.get(what, 0) + 1
@@ -432,6 +448,7 @@ def run_pipeline(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | 
         start = time.perf_counter()
         calls_before = _calls(ctx)
         note = ""
+        known: float | None = None  # a score of this very sim already measured in this stage
         try:
             if stage.key in ("bnf", "cle"):
                 model = _model_stage(ctx, model, stage)
@@ -440,7 +457,7 @@ def run_pipeline(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | 
                 pair, per_channel = stage.config.pair, stage.config.per_channel
                 sim = None
             elif isinstance(stage.config, SchemeSelectConfig):
-                pair, sim, note = _select_scheme(ctx, model, stage.config)
+                pair, sim, note, known = _select_scheme(ctx, model, stage.config)
                 per_channel = stage.config.per_channel
             else:
                 if sim is None:
@@ -469,7 +486,7 @@ def run_pipeline(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | 
         except Exception as err:
             logger.debug("stage %s failed", stage.key, exc_info=True)
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
-        score, samples = _score(ctx, sim)
+        score, samples = _score(ctx, sim, known)
         result = StageResult(stage.key, score, samples, time.perf_counter() - start, _calls(ctx) - calls_before, note)
         results.append(result)
         logger.info(
@@ -493,25 +510,88 @@ def _calls(ctx: RunContext) -> int:
     return int(getattr(ctx.evaluate, "calls", 0))
 
 
-def _score(ctx: RunContext, sim: QuantSim) -> tuple[float, int | None]:
+def _score(ctx: RunContext, sim: QuantSim, known: float | None = None) -> tuple[float, int | None]:
+    """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
+    on the full evaluation when it meets the target."""
     n = ctx.intermediate_num_samples
-    score = ctx.evaluate(sim.model, n)
+    score = ctx.evaluate(sim.model, n) if known is None else known
     if n is not None and score >= ctx.target:
         return ctx.evaluate(sim.model, None), None
     return score, n
 
 
-def _select_scheme(ctx: RunContext, model: fx.GraphModule, config: SchemeSelectConfig) -> tuple[str, QuantSim, str]:
+_SQNR_BATCHES = 4
+
+
+def _outputs(model: nn.Module, ctx: RunContext, num_batches: int) -> list[Tensor]:
+    """The float tensors ``model`` returns on the first ``num_batches`` calibration batches."""
+    from .._data import feed_batch
+
+    out: list[Tensor] = []
+
+    def keep(value: Any) -> None:
+        if isinstance(value, Tensor):
+            if value.is_floating_point():
+                out.append(value.detach().double())
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                keep(v)
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                keep(v)
+
+    handle = model.register_forward_hook(lambda _m, _args, output: keep(output))
+    try:
+        with torch.no_grad():
+            for batch in ctx.calibration[:num_batches]:
+                if ctx.forward_fn is not None:
+                    ctx.forward_fn(model, batch)
+                else:
+                    feed_batch(model, batch)
+    finally:
+        handle.remove()
+    return out
+
+
+def output_sqnr(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> float:
+    """Signal-to-quantization-noise ratio in dB of ``outputs`` against ``reference`` (all tensors together)."""
+    if len(reference) != len(outputs) or any(r.shape != o.shape for r, o in zip(reference, outputs, strict=True)):
+        raise StageError("the quantized model's outputs differ in number or shape from the FP32 model's; cannot compare them")
+    signal = sum(float(r.pow(2).sum()) for r in reference)
+    noise = sum(float((r - o).pow(2).sum()) for r, o in zip(reference, outputs, strict=True))
+    if not math.isfinite(noise):
+        return -math.inf
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+
+
+def _select_scheme(
+    ctx: RunContext, model: fx.GraphModule, config: SchemeSelectConfig
+) -> tuple[str, QuantSim, str, float | None]:
+    """The best pair, its sim, a note, and its eval score when ``select_by="eval"`` (``None`` for sqnr)."""
     best: tuple[float, str, QuantSim] | None = None
     scores = []
+    if config.select_by == "sqnr":
+        n_batches = min(_SQNR_BATCHES, len(ctx.calibration))
+        if ctx.reference_outputs is None:
+            ctx.reference_outputs = _outputs(ctx.model, ctx, n_batches)
+        if not ctx.reference_outputs:
+            raise StageError("scheme selection by sqnr needs the model to return float tensors; use select_by: eval")
     for pair in config.candidates:
         sim = ctx.calibrated_sim(model, pair, config.per_channel)
-        score = ctx.evaluate(sim.model, ctx.intermediate_num_samples)
-        scores.append(f"{pair}={score:.4f}")
+        if config.select_by == "sqnr":
+            assert ctx.reference_outputs is not None
+            score = output_sqnr(ctx.reference_outputs, _outputs(sim.model, ctx, n_batches))
+            scores.append(f"{pair}={score:.1f} dB")
+        else:
+            score = ctx.evaluate(sim.model, ctx.intermediate_num_samples)
+            scores.append(f"{pair}={score:.4f}")
         if best is None or score > best[0]:
             best = (score, pair, sim)
     assert best is not None
-    return best[1], best[2], "selected " + best[1] + " of " + ", ".join(scores)
+    note = "selected " + best[1] + " of " + ", ".join(scores)
+    return best[1], best[2], note, (best[0] if config.select_by == "eval" else None)
 
 
 def scheme_state(sim: QuantSim) -> tuple[str, bool]:

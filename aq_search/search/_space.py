@@ -55,6 +55,9 @@ STAGES: dict[str, str] = {
 _MODEL_STAGES = ("bnf", "cle")
 _SIM_STAGES = ("bc", "adaround", "amp")
 
+#: How ``scheme: select`` ranks its pairs: the eval callback (AIMET) or output SQNR (no eval call).
+SELECT_BY = ("eval", "sqnr")
+
 #: AIMET AutoQuant's scheme candidates (weights / activations), tried by ``scheme: select``.
 AIMET_SCHEME_CANDIDATES: tuple[str, ...] = (
     "tf/tf",
@@ -105,17 +108,22 @@ class SchemeSpace:
 
     ``candidates`` are ``"<param scheme>/<activation scheme>"`` pairs (a percentile as
     ``percentile:99.9``), plus ``select`` = evaluate every pair in ``select_candidates`` at that
-    point of the pipeline and keep the best (AIMET's scheme selection).
+    point of the pipeline and keep the best (AIMET's scheme selection). ``select_by`` is how
+    ``select`` ranks the pairs: ``eval`` (the eval callback, one call per pair, as AIMET) or ``sqnr``
+    (the model output's signal-to-quantization-noise ratio against FP32 on calibration batches: no
+    eval call).
     """
 
     candidates: Choice
     select_candidates: tuple[str, ...]
     per_channel: Choice
+    select_by: str = "eval"
 
 
 @dataclass(frozen=True)
 class CLESpace:
     high_bias_absorption: Choice
+    replace_relu6: Choice = Choice(("always",))
 
 
 @dataclass(frozen=True)
@@ -181,9 +189,13 @@ class SearchSpace:
             "scheme": {
                 "candidates": param(self.scheme.candidates),
                 "select_candidates": list(self.scheme.select_candidates),
+                "select_by": self.scheme.select_by,
                 "per_channel": param(self.scheme.per_channel),
             },
-            "cle": {"high_bias_absorption": param(self.cle.high_bias_absorption)},
+            "cle": {
+                "high_bias_absorption": param(self.cle.high_bias_absorption),
+                "replace_relu6": param(self.cle.replace_relu6),
+            },
             "bias_correction": {"num_batches": param(self.bias_correction.num_batches)},
             "adaround": {k: param(getattr(self.adaround, k)) for k in _ADAROUND_KEYS},
             "amp": {
@@ -366,7 +378,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
             raise where.error(f"orderings[{i}]", str(err)) from None
         orderings.append(">".join(stages))
 
-    sch = _mapping(top.get("scheme"), "scheme", where, {"candidates", "select_candidates", "per_channel"})
+    sch = _mapping(top.get("scheme"), "scheme", where, {"candidates", "select_candidates", "select_by", "per_channel"})
     cands = sch.get("candidates", ["select"])
     cands = cands if isinstance(cands, (list, tuple)) else [cands]
     if not cands:
@@ -377,12 +389,22 @@ def _parse(data: Any, source: str) -> SearchSpace:
             _scheme_pair(c, "scheme.select_candidates", where) for c in sch.get("select_candidates", AIMET_SCHEME_CANDIDATES)
         ),
         per_channel=_bool_choice(sch.get("per_channel", True), "scheme.per_channel", where),
+        select_by=sch.get("select_by", "eval"),
     )
+    if scheme.select_by not in SELECT_BY:
+        raise where.error("scheme.select_by", f"must be one of {', '.join(SELECT_BY)}. Got {scheme.select_by!r} instead.")
     if "select" in scheme.select_candidates:
         raise where.error("scheme.select_candidates", "'select' cannot be one of the pairs it selects from.")
 
-    cle_raw = _mapping(top.get("cle"), "cle", where, {"high_bias_absorption"})
-    cle = CLESpace(_bool_choice(cle_raw.get("high_bias_absorption", True), "cle.high_bias_absorption", where))
+    cle_raw = _mapping(top.get("cle"), "cle", where, {"high_bias_absorption", "replace_relu6"})
+    relu6 = cle_raw.get("replace_relu6", "always")
+    relu6_values = tuple(relu6) if isinstance(relu6, (list, tuple)) else (relu6,)
+    if not relu6_values or any(v not in ("always", "unclipped", "never") for v in relu6_values):
+        raise where.error("cle.replace_relu6", f"must be always, unclipped, never or a list of them. Got {relu6!r} instead.")
+    cle = CLESpace(
+        _bool_choice(cle_raw.get("high_bias_absorption", True), "cle.high_bias_absorption", where),
+        Choice(relu6_values),
+    )
     bc_raw = _mapping(top.get("bias_correction"), "bias_correction", where, {"num_batches"})
     bc = BiasCorrectionSpace(_param(bc_raw.get("num_batches", 4), "bias_correction.num_batches", where, int, 1, 100_000))
 

@@ -8,7 +8,6 @@ outputs.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable
@@ -18,19 +17,17 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .._data import feed_batch
-from .._errors import CalibrationError, EncodingsNotComputedError
+from .._errors import EncodingsNotComputedError
 from ..quantsim import QuantSim
 from ._config import TechniqueConfig, bad_argument
-from ._graph import CONV_TRANSPOSES, CONVS, ensure_bias, num_calls
-from ._running import StopForward, float_mode, materialize_batches
+from ._graph import LAYERS, ensure_bias, num_calls
+from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
 
 __all__ = ["BiasCorrectionConfig", "BiasCorrectionLayerResult", "BiasCorrectionReport", "correct_bias"]
 
 logger = logging.getLogger(__name__)
 
 META_BIAS_CORRECTION = "bias_correction"
-_SUPPORTED = (*CONVS, *CONV_TRANSPOSES, nn.Linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +84,6 @@ class _ChannelMean:
         return self.total / max(1, self.count)
 
 
-def _run(sim: QuantSim, batches: list[Any], feed: Callable[[nn.Module, Any], Any]) -> None:
-    for batch in batches:
-        with contextlib.suppress(StopForward):
-            feed(sim.model, batch)
-
-
 def correct_bias(
     sim: QuantSim,
     data_loader: Iterable[Any],
@@ -102,16 +93,19 @@ def correct_bias(
 ) -> QuantSim:
     """Empirical bias correction of every Conv/ConvTranspose/Linear layer of a calibrated sim.
 
-    The FP32 means come from one pass of the sim with every quantizer off; then, layer by layer,
-    the quantized sim runs up to the layer (the rest of the forward is skipped) and the difference
-    of the means is added to the layer's bias (a zero bias is created when the layer has none).
+    The FP32 means come from one pass of the sim with every quantizer off. Then all batches go
+    through the quantized sim together, one graph node at a time; at each layer the difference of
+    the means is added to the layer's bias (a zero bias is created when the layer has none) and to
+    the layer's outputs already computed, so the following layers see the corrected values. The
+    data runs through the model twice in all; memory holds the live activations of all batches.
 
     Args:
         sim: a calibrated :class:`~aq_search.QuantSim` (encodings computed); modified in place and returned.
         data_loader: a re-iterable of calibration batches.
         config: a :class:`BiasCorrectionConfig`; defaults when None.
-        forward_fn: ``forward_fn(model, batch)`` runs one batch; default ``model(batch)`` /
-            ``model(*batch)`` / ``model(**batch)``.
+        forward_fn: ``forward_fn(model, batch)`` feeds one batch to the model, for batches that are
+            not the model's inputs as they are (called once per batch with a stand-in that records
+            the model's arguments); default ``model(batch)`` / ``model(*batch)`` / ``model(**batch)``.
 
     Returns:
         ``sim``, with ``sim.model.meta["aq_search"]["bias_correction"]`` a :class:`BiasCorrectionReport`.
@@ -119,14 +113,24 @@ def correct_bias(
     Raises:
         EncodingsNotComputedError: the sim has no encodings yet.
         InvalidInputError: bad arguments or an empty data loader.
+
+    Example:
+        >>> import torch
+        >>> from aq_search import QuantSim
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+        >>> batches = [torch.rand(8, 3, 8, 8) for _ in range(2)]
+        >>> sim = QuantSim(net, batches[0], default_param_bw=4, per_channel=False)
+        >>> sim.compute_encodings(batches)
+        >>> sim = correct_bias(sim, batches)
+        >>> [r.name for r in sim.model.meta["aq_search"]["bias_correction"].layers]
+        ['0', '2']
     """
     config = BiasCorrectionConfig() if config is None else config
     if not isinstance(sim, QuantSim):
         raise bad_argument("sim", "correct_bias", "a QuantSim", sim)
     if not isinstance(config, BiasCorrectionConfig):
         raise bad_argument("config", "correct_bias", "a BiasCorrectionConfig or None", config)
-    feed = forward_fn if forward_fn is not None else feed_batch
-    if not callable(feed):
+    if forward_fn is not None and not callable(forward_fn):
         raise bad_argument("forward_fn", "correct_bias", "a callable forward_fn(model, batch) or None", forward_fn)
     quantizers = list(sim.param_quantizers.values()) + list(sim.activation_quantizers.values())
     missing = [q for q in quantizers if q.enabled and q.dtype == "int" and q.scale is None]
@@ -141,49 +145,55 @@ def correct_bias(
     skipped: list[tuple[str, str]] = []
     for name in sim.quantized_layers:
         module = sim.layer(name)
-        if not isinstance(module, _SUPPORTED):
+        if not isinstance(module, LAYERS):
             skipped.append((name, f"{type(module).__name__} has no bias to correct"))
         elif calls.get(name, 0) != 1:
             skipped.append((name, f"it is called {calls.get(name, 0)} times (shared weights)"))
         else:
             layers.append(name)
 
+    inputs = model_inputs(batches, forward_fn)
     training = sim.model.training
     sim.model.eval()
+    results: list[BiasCorrectionLayerResult] = []
     try:
         reference = {n: _ChannelMean(isinstance(sim.layer(n), nn.Linear)) for n in layers}
         handles = [sim.layer(n).register_forward_hook(lambda _m, _i, y, acc=reference[n]: acc.add(y)) for n in layers]
         try:
             with float_mode(sim), torch.no_grad():
-                _run(sim, batches, feed)
+                for args, kwargs in inputs:
+                    sim.model(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
-        results: list[BiasCorrectionLayerResult] = []
-        for name in tqdm(layers, desc="Bias correction", unit="layer", disable=None, leave=False):
-            if reference[name].total is None:
-                skipped.append((name, "it never ran on the calibration batches"))
-                continue
-            module = sim.layer(name)
-            measured = _ChannelMean(isinstance(module, nn.Linear))
-
-            def stop(_m: nn.Module, _i: Any, y: Tensor, acc: _ChannelMean = measured) -> None:
-                acc.add(y)
-                raise StopForward
-
-            handle = module.register_forward_hook(stop)
-            try:
-                with torch.no_grad():
-                    _run(sim, batches, feed)
-            finally:
-                handle.remove()
-            if measured.total is None:
-                raise CalibrationError(f"correct_bias: layer {name!r} did not run in the quantized model")
-            shift = reference[name].mean - measured.mean
-            with torch.no_grad():
+        pending = {n for n in layers if reference[n].total is not None}
+        skipped += [(n, "it never ran on the calibration batches") for n in layers if n not in pending]
+        stepper = GraphStepper(sim.model, inputs)
+        with (
+            torch.no_grad(),
+            tqdm(total=len(pending), desc="Bias correction", unit="layer", disable=None, leave=False) as progress,
+        ):
+            for node in sim.model.graph.nodes:
+                if not pending:
+                    break
+                stepper.step(node)
+                name = str(node.target)
+                if node.op != "call_module" or name not in pending:
+                    continue
+                pending.discard(name)
+                module = sim.layer(name)
+                linear = isinstance(module, nn.Linear)
+                measured = _ChannelMean(linear)
+                outputs = stepper.values(node)
+                for y in outputs:
+                    measured.add(y)
+                shift = reference[name].mean - measured.mean
                 bias = ensure_bias(module)
                 bias.add_(shift.to(bias.dtype))
-            results.append(BiasCorrectionLayerResult(name, float(shift.abs().mean()), float(shift.abs().max())))
+                for y in outputs:  # the later layers see the corrected output
+                    y.add_(shift.to(y.dtype).reshape([-1] + [1] * (y.dim() - 2)) if not linear else shift.to(y.dtype))
+                results.append(BiasCorrectionLayerResult(name, float(shift.abs().mean()), float(shift.abs().max())))
+                progress.update()
     finally:
         sim.model.train(training)
     report = BiasCorrectionReport(tuple(results), tuple(skipped))

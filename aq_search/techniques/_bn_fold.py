@@ -15,6 +15,7 @@ from ._config import TechniqueConfig, bad_argument
 from ._graph import (
     CONVS,
     LAYERS,
+    constant_input_response,
     ensure_bias,
     in_channels,
     module_of,
@@ -23,7 +24,7 @@ from ._graph import (
     prepared_copy,
     scale_in_channels,
     scale_out_channels,
-    weight_of,
+    tensor_shape,
 )
 
 __all__ = ["BatchNormFoldConfig", "BatchNormFoldReport", "FoldedBatchNorm", "fold_all_batch_norms"]
@@ -93,12 +94,6 @@ def _bn_affine(bn: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
     return gamma, beta, mean, var, float(bn.eps)
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
-    tm = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    shape = getattr(tm, "shape", None)
-    return tuple(shape) if shape is not None else None
-
-
 def _why_not_forward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: dict[str, int]) -> str | None:
     """None when the BN can be folded into the layer producing its input, else the reason."""
     producer = node.args[0] if node.args else None
@@ -115,7 +110,7 @@ def _why_not_forward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: di
         return f"the output of {name!r} also feeds {len(producer.users) - 1} other op(s)"
     if out_channels(layer) != bn.num_features:
         return f"{name!r} has {out_channels(layer)} output channels, the BatchNorm {bn.num_features}"
-    if isinstance(layer, nn.Linear) and len(_shape(producer) or ()) != 2:
+    if isinstance(layer, nn.Linear) and len(tensor_shape(producer) or ()) != 2:
         return f"the output of Linear {name!r} is not 2-d, so the BatchNorm does not normalize its features"
     return None
 
@@ -137,7 +132,7 @@ def _why_not_backward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: d
     if in_channels(layer) != bn.num_features:
         return f"{name!r} has {in_channels(layer)} input channels, the BatchNorm {bn.num_features}"
     if isinstance(layer, nn.Linear):
-        if len(_shape(node) or ()) != 2:
+        if len(tensor_shape(node) or ()) != 2:
             return f"its output is not 2-d, so Linear {name!r} does not act on the normalized features"
         return None
     padding: Any = getattr(layer, "padding", ())
@@ -147,11 +142,17 @@ def _why_not_backward(gm: fx.GraphModule, node: fx.Node, bn: nn.Module, calls: d
     return None
 
 
+def _scale_shift(bn: nn.Module) -> tuple[Tensor, Tensor]:
+    """The BatchNorm as ``y = x * scale + shift`` per channel (eval mode, float64)."""
+    gamma, beta, mean, var, eps = _bn_affine(bn)
+    scale = gamma / torch.sqrt(var + eps)
+    return scale, beta - mean * scale
+
+
 @torch.no_grad()
 def _fold_forward(layer: nn.Module, bn: nn.Module) -> FoldedBatchNorm:
     gamma, beta, mean, var, eps = _bn_affine(bn)
-    scale = gamma / torch.sqrt(var + eps)
-    shift = beta - mean * scale
+    scale, shift = _scale_shift(bn)
     bias = ensure_bias(layer)
     scale_out_channels(layer, scale)
     bias.add_(shift.to(bias.dtype))
@@ -160,16 +161,8 @@ def _fold_forward(layer: nn.Module, bn: nn.Module) -> FoldedBatchNorm:
 
 @torch.no_grad()
 def _fold_backward(bn: nn.Module, layer: nn.Module) -> None:
-    gamma, beta, mean, var, eps = _bn_affine(bn)
-    scale = gamma / torch.sqrt(var + eps)
-    shift = beta - mean * scale
-    w = weight_of(layer).detach().double()
-    if isinstance(layer, nn.Linear):
-        extra = w @ shift
-    else:
-        g = int(layer.groups)  # type: ignore[arg-type]
-        opg, ipg = w.shape[0] // g, w.shape[1]
-        extra = (w.reshape(g, opg, ipg, -1) * shift.reshape(g, 1, ipg, 1)).sum(dim=(2, 3)).reshape(-1)
+    scale, shift = _scale_shift(bn)
+    extra = constant_input_response(layer, shift)
     bias = ensure_bias(layer)
     bias.add_(extra.to(bias.dtype))
     scale_in_channels(layer, scale)

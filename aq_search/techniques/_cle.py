@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .._errors import InvalidInputError
 from ..quantsim import _ops
+from ..quantsim._prepare import PASSTHROUGH_LAYERS
 from ._bn_fold import META_FOLDED, META_REPORT, META_UNFOLDED, FoldedBatchNorm
 from ._config import TechniqueConfig, bad_argument
 from ._graph import (
@@ -20,8 +21,8 @@ from ._graph import (
     LAYERS,
     batchnorm_nodes,
     bias_of,
+    constant_input_response,
     ensure_bias,
-    groups_of,
     in_channel_absmax,
     in_channels,
     module_of,
@@ -32,7 +33,7 @@ from ._graph import (
     scale_in_channels,
     scale_out_channels,
     set_module,
-    weight_of,
+    tensor_shape,
 )
 
 __all__ = ["CLEConfig", "CLEReport", "equalize_model"]
@@ -43,22 +44,12 @@ META_CLE = "cle"
 
 #: Activations that commute with a positive per-channel scale: f(x / s) == f(x) / s.
 _HOMOGENEOUS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.LeakyReLU)
-#: Ops that act on each channel alone and commute with a positive per-channel scale.
+#: Ops that act on each channel alone and commute with a positive per-channel scale: the data
+#: movement QuantSim does not quantize, less what mixes channels, plus average pooling.
+_CHANNEL_MIXING = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, _ops.Pad)
 _LOOK_THROUGH: tuple[type[nn.Module], ...] = (
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.ZeroPad1d,
-    nn.ZeroPad2d,
+    *(c for c in PASSTHROUGH_LAYERS if c not in _CHANNEL_MIXING),
     nn.ZeroPad3d,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.MaxPool3d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d,
     nn.AvgPool1d,
     nn.AvgPool2d,
     nn.AvgPool3d,
@@ -137,17 +128,12 @@ def _is_relu6(module: nn.Module) -> bool:
     return type(module) is nn.ReLU6 or (type(module) is nn.Hardtanh and (module.min_val, module.max_val) == (0.0, 6.0))
 
 
-def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
-    return tuple(shape) if shape is not None else None
-
-
 def _keeps_channels(node: fx.Node) -> bool:
     """A reshape of (N, C, 1, ..., 1) to (N, C) or similar: channel c stays channel c."""
     inputs = [a for a in node.all_input_nodes]
     if not inputs:
         return False
-    before, after = _shape(inputs[0]), _shape(node)
+    before, after = tensor_shape(inputs[0]), tensor_shape(node)
     if before is None or after is None or len(before) < 2 or len(after) < 2:
         return False
     return before[:2] == after[:2] and math.prod(before[2:]) == 1 and math.prod(after[2:]) == 1
@@ -156,7 +142,7 @@ def _keeps_channels(node: fx.Node) -> bool:
 def _spatial_mean(node: fx.Node, module: _ops.Mean) -> bool:
     """A mean over spatial dims only (e.g. ``x.mean((2, 3))``): channel ``c`` stays channel ``c``."""
     inputs = node.all_input_nodes
-    before = _shape(inputs[0]) if inputs else None
+    before = tensor_shape(inputs[0]) if inputs else None
     if before is None or module.dim is None:
         return False
     dims = module.dim if isinstance(module.dim, tuple) else (module.dim,)
@@ -284,13 +270,7 @@ def _absorb_high_bias(first: nn.Module, second: nn.Module, stats: FoldedBatchNor
     first_bias = bias_of(first)
     if not bool((c > 0).any()) or first_bias is None:
         return None
-    w = weight_of(second).detach().double()
-    if isinstance(second, nn.Linear):
-        extra = w @ c
-    else:
-        g = groups_of(second)
-        opg, ipg = w.shape[0] // g, w.shape[1]
-        extra = (w.reshape(g, opg, ipg, -1) * c.reshape(g, 1, ipg, 1)).sum(dim=(2, 3)).reshape(-1)
+    extra = constant_input_response(second, c)
     first_bias.sub_(c.to(first_bias.dtype))
     bias = ensure_bias(second)
     bias.add_(extra.to(bias.dtype))
@@ -335,6 +315,16 @@ def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None
 
     Raises:
         InvalidInputError: the model has BatchNorms that were not folded (they are named).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from aq_search.techniques import fold_all_batch_norms
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+        >>> x = torch.randn(1, 3, 8, 8)
+        >>> equalized = equalize_model(fold_all_batch_norms(net, x), x)
+        >>> equalized.meta["aq_search"]["cle"].equalized
+        (('0', '3'),)
     """
     config = CLEConfig() if config is None else config
     if not isinstance(config, CLEConfig):

@@ -17,6 +17,8 @@ __all__ = [
     "LAYERS",
     "batchnorm_nodes",
     "bias_of",
+    "constant_input_response",
+    "tensor_shape",
     "ensure_bias",
     "groups_of",
     "in_channels",
@@ -150,6 +152,30 @@ def scale_in_channels(layer: nn.Module, factor: Tensor) -> None:
         view.mul_(f.reshape(g, 1, ipg, 1))
     else:
         w.mul_(f.reshape(1, -1))
+
+
+@torch.no_grad()
+def constant_input_response(layer: nn.Module, value: Tensor) -> Tensor:
+    """What a Conv/Linear layer's weights (no bias) output for an input that is ``value[c]`` on every
+    position of input channel ``c``: ``sum_{i, k} W[o, i, k] value[group(o), i]`` per output ``o`` (float64).
+
+    Exact away from zero-padded borders. Used to move a per-channel constant through a layer
+    (BatchNorm folded into the next layer, high-bias absorption).
+    """
+    w = weight_of(layer).detach().double()
+    v = value.double()
+    if isinstance(layer, nn.Linear):
+        return w @ v
+    g = groups_of(layer)
+    opg, ipg = w.shape[0] // g, w.shape[1]
+    return (w.reshape(g, opg, ipg, -1) * v.reshape(g, 1, ipg, 1)).sum(dim=(2, 3)).reshape(-1)
+
+
+def tensor_shape(node: object) -> tuple[int, ...] | None:
+    """The output shape recorded on an fx node by shape propagation, if any."""
+    meta = getattr(node, "meta", None)
+    shape = getattr(meta.get("tensor_meta"), "shape", None) if isinstance(meta, dict) else None
+    return tuple(shape) if shape is not None else None
 
 
 def out_channels(layer: nn.Module) -> int:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from torch import Tensor
+import torch.fx as fx
+from torch import Tensor, nn
 
-from .._data import iterate_batches
-from .._errors import InvalidInputError
+from .._data import as_model_args, iterate_batches
+from .._errors import CalibrationError, InvalidInputError
 from ..quantsim import QuantSim
 from ._config import bad_argument
 
-__all__ = ["StopForward", "float_mode", "materialize_batches"]
+__all__ = ["GraphStepper", "StopForward", "float_mode", "materialize_batches", "model_inputs"]
 
 
 class StopForward(Exception):
@@ -44,3 +45,88 @@ def materialize_batches(data_loader: Iterable[Any] | None, num_batches: int, who
             f"The 'data_loader' parameter of {who} yielded no batches. Pass a non-empty data loader of calibration batches."
         )
     return batches
+
+
+class _InputRecorder(nn.Module):
+    """Stands in for the model in ``forward_fn(model, batch)``: records what the model would be called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        raise StopForward
+
+
+def model_inputs(
+    batches: list[Any], forward_fn: Callable[[nn.Module, Any], Any] | None
+) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """The model's call arguments for each batch: from the batch itself, or from what ``forward_fn`` passes to the model."""
+    if forward_fn is None:
+        return [as_model_args(b) for b in batches]
+    recorder = _InputRecorder()
+    for batch in batches:
+        before = len(recorder.calls)
+        with contextlib.suppress(StopForward):
+            forward_fn(recorder, batch)
+        if len(recorder.calls) == before:
+            raise CalibrationError(
+                "forward_fn(model, batch) did not call the model it was given; it must run the batch through that model, "
+                "e.g. `lambda model, batch: model(batch[0])`."
+            )
+    return recorder.calls
+
+
+class GraphStepper:
+    """Runs a prepared model node by node over several batches in lockstep.
+
+    The data-driven techniques process layers in execution order and need, for each layer, its
+    input (AdaRound) or output (bias correction) over all calibration batches, with the changes
+    made to earlier layers already in effect. Stepping every batch through the graph one node at
+    a time gives that in a single pass (instead of one forward pass per layer); values are freed
+    after their last use, so memory is the live activations of all batches.
+    """
+
+    def __init__(self, gm: fx.GraphModule, inputs: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> None:
+        self.interpreters = [fx.Interpreter(gm, garbage_collect_values=False) for _ in inputs]
+        nodes = list(gm.graph.nodes)
+        last_use: dict[fx.Node, fx.Node] = {}
+        for node in nodes:
+            for value in node.all_input_nodes:
+                last_use[value] = node
+        self._free_after: dict[fx.Node, list[fx.Node]] = {}
+        for value, user in last_use.items():
+            self._free_after.setdefault(user, []).append(value)
+        placeholders = [n for n in nodes if n.op == "placeholder"]
+        for interpreter, (args, kwargs) in zip(self.interpreters, inputs, strict=True):
+            positional = list(args)
+            for ph in placeholders:
+                if positional:
+                    value = positional.pop(0)
+                elif ph.target in kwargs:
+                    value = kwargs[str(ph.target)]
+                elif ph.args:
+                    value = ph.args[0]
+                else:
+                    raise InvalidInputError(f"a calibration batch does not supply the model input {ph.target!r}")
+                interpreter.env[ph] = value
+
+    def step(self, node: fx.Node) -> None:
+        """Run ``node`` for every batch (placeholders are bound already; the output node is skipped)."""
+        if node.op in ("placeholder", "output"):
+            return
+        for interpreter in self.interpreters:
+            interpreter.env[node] = interpreter.run_node(node)
+            for dead in self._free_after.get(node, ()):
+                interpreter.env.pop(dead, None)
+
+    def first_input(self, node: fx.Node) -> list[Tensor]:
+        """The value of ``node``'s first argument, per batch (call before stepping ``node``)."""
+        arg = node.args[0]
+        assert isinstance(arg, fx.Node)
+        return [interpreter.env[arg] for interpreter in self.interpreters]
+
+    def values(self, node: fx.Node) -> list[Any]:
+        """``node``'s output, per batch (after stepping it, before its last user)."""
+        return [interpreter.env[node] for interpreter in self.interpreters]

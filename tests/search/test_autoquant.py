@@ -117,6 +117,7 @@ def test_shared_prefix_hits_the_cache(digits: DigitsCase, tmp_path: Path) -> Non
     space = small_space(orderings=["bnf>cle>scheme"], max_trials=3, replay_reference=False)
     space["scheme"]["candidates"] = ["tf/tf", "tf_enhanced/tf_enhanced", "mse/tf_enhanced"]
     space["cle"]["high_bias_absorption"] = True
+    space["cle"]["replace_relu6"] = "always"  # one CLE setting, so every trial shares the bnf>cle prefix
     result = make(digits, tmp_path, search_space=space).optimize(allowed_accuracy_drop=0.0, n_trials=3)
     hits = [t.user_attrs.get("cache_hits", {}) for t in result.study.trials]
     assert hits[0].get("bnf", 0) == 0 and hits[0].get("cle", 0) == 0
@@ -292,3 +293,51 @@ def test_two_workers_stop_at_target(digits: DigitsCase, digits_cache: Path, tmp_
     # every worker stopped: at most one trial per worker started after the target was met
     assert len(study.trials) <= met + 2
     assert all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.parametrize("select_by", ["eval", "sqnr"])
+def test_scheme_selection_by_eval_or_by_output_sqnr(digits: DigitsCase, select_by: str) -> None:
+    from aq_search.quantsim import prepare_model
+    from aq_search.search import CountingEval
+    from aq_search.search._pipeline import (
+        Pipeline,
+        RunContext,
+        SchemeSelectConfig,
+        Stage,
+        _outputs,
+        output_sqnr,
+        run_pipeline,
+    )
+
+    pairs = ("tf/tf", "tf_enhanced/tf_enhanced", "tf_enhanced/percentile:99.9")
+    model = prepare_model(digits.model, digits.dummy_input)
+    evaluate = CountingEval(digits.eval_callback)
+    fp32 = digits.eval_callback(digits.model)
+    ctx = RunContext(model, digits.dummy_input, digits.calibration_batches, evaluate, fp32, fp32 + 1.0, 4, 8)
+    stage = Stage("scheme", SchemeSelectConfig(candidates=pairs, per_channel=False, select_by=select_by))
+    run = run_pipeline(ctx, Pipeline((stage,)))
+    result = run.stages[0]
+    # every pair scored; the stage's own score is the winner's, never measured twice
+    assert result.eval_calls == (len(pairs) if select_by == "eval" else 1)
+    assert all(p in result.note for p in pairs)
+    chosen = result.note.split()[1]
+    assert run.score == pytest.approx(digits.eval_callback(run.sim.model))
+    # the winner is the best pair by the chosen measure, recomputed here independently
+    def measure(pair: str) -> float:
+        sim = ctx.calibrated_sim(model, pair, False)
+        if select_by == "eval":
+            return digits.eval_callback(sim.model)
+        return output_sqnr(_outputs(model, ctx, 4), _outputs(sim.model, ctx, 4))
+
+    scores = {p: measure(p) for p in pairs}
+    assert scores[chosen] == max(scores.values()), scores
+    if select_by == "sqnr":
+        assert len({round(v, 3) for v in scores.values()}) > 1, "the pairs differ in SQNR"
+
+
+def test_output_sqnr_numbers() -> None:
+    from aq_search.search._pipeline import output_sqnr
+
+    ref = [torch.tensor([1.0, 1.0]), torch.tensor([[2.0]])]
+    assert output_sqnr(ref, [torch.tensor([1.0, 0.0]), torch.tensor([[2.0]])]) == pytest.approx(10 * math.log10(6.0))
+    assert output_sqnr(ref, ref) == math.inf

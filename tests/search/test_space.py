@@ -74,6 +74,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("amp", "candidate_sets", [["w8a8", "int4"]], "'int4' is not a candidate"),
         ("scheme", "candidates", ["tf_enhanced"], "'<param scheme>/<activation scheme>'"),
         ("scheme", "candidates", ["tf/sqnrr"], "Unknown quant scheme"),
+        ("scheme", "select_by", "accuracy", "must be one of eval, sqnr"),
         ("pruner", "type", "hyperband", "must be none, median or percentile"),
     ],
 )

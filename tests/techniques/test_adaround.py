@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from aq_search import EncodingsNotComputedError, InvalidInputError, QuantSim
+from aq_search import CalibrationError, EncodingsNotComputedError, InvalidInputError, QuantSim
 from aq_search.techniques import AdaRoundCache, AdaRoundParams, AdaRoundReport, apply_adaround, fold_all_batch_norms
 from aq_search.techniques._adaround import _Grid, _SoftWeight
 
@@ -136,9 +136,10 @@ def test_rounding_is_stored_frozen_and_used(make_case: Callable[[str], Case]) ->
         assert q.scale is not None
         expected = torch.clamp(torch.floor(w / q.scale) + q.rounding, *q.quant_range) * q.scale
         assert torch.equal(sim.layer(name).weight, expected)
-        # the rounding differs from round-to-nearest somewhere, or it would be a no-op
+        # a learned rounding differs from round-to-nearest somewhere, or it would be a no-op
         nearest = torch.clamp(torch.round(w / q.scale), *q.quant_range) * q.scale
-        assert not torch.equal(expected, nearest) or w.numel() < 20
+        assert torch.equal(expected, nearest) == _report(sim).result(name).kept_nearest
+    assert not all(r.kept_nearest for r in _report(sim).layers)
     before = {n: sim.layer(n).weight.clone() for n in sim.quantized_layers}
     sim.compute_param_encodings()  # frozen: kept
     assert all(torch.equal(before[n], sim.layer(n).weight) for n in sim.quantized_layers)
@@ -252,7 +253,7 @@ def test_every_layer_reconstructs_better_than_round_to_nearest(digits_w4: dict[s
     layers = _report(digits_w4["ada"]).layers
     assert len(layers) == 6
     for r in layers:
-        # measured (lr 1e-2, 500 iterations): AdaRound error 0.22x to 0.61x of round-to-nearest's
+        # measured (lr 1e-2, 500 iterations): AdaRound error 0.40x to 0.73x of round-to-nearest's (FP32 inputs: 0.22x to 0.60x)
         assert r.adaround_mse < 0.8 * r.rtn_mse, r
 
 
@@ -262,3 +263,33 @@ def test_w4a8_accuracy_beats_round_to_nearest(digits_w4: dict[str, Any]) -> None
     # measured: round-to-nearest 0.75, AdaRound 0.98 (FP32 0.986)
     assert ada > rtn + 0.1, (rtn, ada)
     assert ada > 0.93
+
+
+def test_labelled_batches_through_forward_fn_and_keyword_inputs() -> None:
+    """Batches that are not the model's inputs as they are: (x, label) pairs, and dict (keyword) inputs."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(6, 8)
+            self.b = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x))) * scale
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    xs = [torch.randn(16, 6) for _ in range(2)]
+    one = torch.ones(1)
+    labelled = [(x, torch.zeros(16)) for x in xs]
+    keyword = [{"x": x, "scale": one} for x in xs]
+    params = AdaRoundParams(num_batches=2, num_iterations=50, learning_rate=1e-2)
+    roundings = []
+    for batches, fn in ((labelled, lambda m, b: m(b[0], one)), (keyword, None)):
+        sim = _sim(model, (xs[0], one), [(x, one) for x in xs])
+        apply_adaround(sim, batches, params, forward_fn=fn)
+        roundings.append([sim.param_quantizer(n).rounding for n in ("a", "b")])
+    assert all(torch.equal(r0, r1) for r0, r1 in zip(*roundings, strict=True))
+    sim = _sim(model, (xs[0], one), [(x, one) for x in xs])
+    with pytest.raises(CalibrationError, match="did not call the model"):
+        apply_adaround(sim, labelled, params, forward_fn=lambda m, b: None)

@@ -1,0 +1,250 @@
+"""The search benchmark (issue 5): eval calls and wall time to reach the target, per strategy.
+
+On one model and eval (default: the embedded digits CNN at W4A8 per-tensor, allowed drop 0.01),
+each strategy runs as a fresh study (new results folder, empty caches), for several seeds:
+
+* ``reference``: AIMET's recipe replayed by aq-search, alone (the study's trial 0 only: scheme
+  selection > BN fold > CLE > AdaRound, stopping at the first stage that meets the target);
+* ``search``: the search space as shipped (TPE, the reference recipe enqueued as trial 0, pruning);
+* ``random``: plain random sampling over the same space (``sampler: random``, no replayed trial 0),
+  with the same trial budget;
+* ``fast-first`` (a proposal, not what the space does today): the search, but with trial 0 a cheaper
+  recipe than AIMET's, ``bnf > cle > scheme(tf_enhanced/tf_enhanced) > adaround`` (one scheme
+  instead of five evaluated candidates), enqueued in place of the replay;
+* ``search-noreplay``: the search without the replayed trial 0.
+
+Printed per strategy: how many seeds met the target, and eval calls / wall seconds (from the start of
+``optimize``) until the first trial that met it (median and range over the seeds that met it), plus
+trials used. ``--adaround-iterations`` fixes AdaRound's settings for every trial (else the space's
+ranges are searched; the replayed trial 0 then samples them too).
+
+    flock /tmp/aq_cpu.lock python benchmarks/bench_search.py [--case digits|fmnist] [--seeds 0,1,2] \
+        [--space default] [--budget 20] [--threads 1] [--out benchmarks/results/bench_search]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported (it reads the variable then)
+
+import optuna
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import _meta  # noqa: E402  (benchmarks/ is not a package)
+
+CASES = {
+    "digits": ("cases/embedded_digits.py:build", "digits CNN (MobileNet-style), top-1 on 797 held-out digits"),
+    "fmnist": ("cases/fashion_mnist.py:build", "Fashion-MNIST CNN, top-1 on 10,000 test images"),
+}
+
+
+def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    import aq_search
+    from aq_search import AdaRoundParams, AutoQuant
+
+    space = aq_search.load_search_space(args.space).to_dict()
+    n_trials: int | None = args.budget
+    if strategy == "reference":
+        n_trials = 1
+    elif strategy == "random":
+        space["sampler"] = "random"
+        space["replay_reference"] = False
+    elif strategy in ("search-noreplay", "fast-first"):
+        space["replay_reference"] = False
+    space["max_trials"] = max(int(space.get("max_trials", 20)), args.budget)
+    log: list[dict[str, Any]] = []
+    t0: list[float | None] = [None]
+
+    def eval_callback(model: torch.nn.Module, num_samples: int | None = None) -> float:
+        acc = float(case["eval_fn"](model, num_samples))
+        log.append({"t_end": None if t0[0] is None else time.perf_counter() - t0[0], "num_samples": num_samples, "acc": acc})
+        return acc
+
+    results_dir = workdir / f"{strategy}_seed{seed}"
+    shutil.rmtree(results_dir, ignore_errors=True)
+    adaround = None
+    if args.adaround_iterations:
+        adaround = AdaRoundParams(num_batches=len(case["calib_batches"]), num_iterations=args.adaround_iterations)
+    aq = AutoQuant(
+        case["model"],
+        case["dummy_input"],
+        case["calib_batches"],
+        eval_callback,
+        param_bw=args.param_bw,
+        output_bw=args.output_bw,
+        results_dir=results_dir,
+        search_space=space,
+        seed=seed,
+        per_channel=args.per_channel,
+        adaround_params=adaround,
+    )
+    if strategy == "fast-first":
+        # enqueue the cheap first trial in the study AutoQuant will open (same storage and default name)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=f"aq-search-{type(case['model']).__name__}-w{args.param_bw}a{args.output_bw}",
+            storage=f"sqlite:///{(results_dir / 'study.db').resolve()}",
+            direction="maximize",
+        )
+        study.enqueue_trial(
+            {
+                "pipeline__ordering": "bnf>cle>scheme>adaround",
+                "scheme__candidate": "tf_enhanced/tf_enhanced",
+                "cle__high_bias_absorption": True,
+            }
+        )
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    t0[0] = started
+    res = aq.optimize(allowed_accuracy_drop=args.allowed_drop, n_trials=n_trials)
+    wall = time.perf_counter() - started
+    cumulative = int(res.study.user_attrs.get("fp32_eval_calls", 1))
+    reach = None
+    for t in res.study.trials:
+        cumulative += int(t.user_attrs.get("eval_calls", 0))
+        if (
+            reach is None
+            and t.state == optuna.trial.TrialState.COMPLETE
+            and t.value is not None
+            and t.value >= res.target_accuracy
+        ):
+            reach = {
+                "trial": t.number,
+                "eval_calls": cumulative,
+                "seconds": log[cumulative - 1]["t_end"] if cumulative <= len(log) else None,
+                "pipeline": t.user_attrs.get("pipeline_applied"),
+            }
+    shutil.rmtree(results_dir, ignore_errors=True)
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "target_met": bool(res.target_met),
+        "accuracy": float(res.accuracy),
+        "fp32": float(res.fp32_accuracy),
+        "target": float(res.target_accuracy),
+        "trials": int(res.n_trials),
+        "eval_calls": len(log),
+        "wall_s": wall,
+        "reach": reach,
+        "pipeline": str(res.pipeline),
+    }
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    met = [r for r in runs if r["reach"] is not None]
+
+    def stats(values: list[float]) -> str:
+        if not values:
+            return "-"
+        if len(values) == 1:
+            return f"{values[0]:.4g}"
+        return f"{statistics.median(values):.4g} ({min(values):.4g}-{max(values):.4g})"
+
+    return {
+        "met": f"{len(met)}/{len(runs)}",
+        "calls": stats([r["reach"]["eval_calls"] for r in met]),
+        "seconds": stats([r["reach"]["seconds"] for r in met]),
+        "trials_to_target": stats([r["reach"]["trial"] + 1 for r in met]),
+        "best_if_missed": stats([r["accuracy"] for r in runs if r["reach"] is None]),
+        "total_calls": stats([r["eval_calls"] for r in runs]),
+        "total_seconds": stats([r["wall_s"] for r in runs]),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", default="digits", choices=sorted(CASES))
+    ap.add_argument(
+        "--strategies",
+        default="reference,search,random,fast-first",
+        help="reference, search, random, fast-first, search-noreplay",
+    )
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--space", default="default")
+    ap.add_argument("--budget", type=int, default=20, help="trials for search and random")
+    ap.add_argument("--param-bw", type=int, default=4)
+    ap.add_argument("--output-bw", type=int, default=8)
+    ap.add_argument("--per-channel", action="store_true", help="per-channel weights (default per-tensor)")
+    ap.add_argument("--allowed-drop", type=float, default=0.01)
+    ap.add_argument("--adaround-iterations", type=int, default=None, help="fix AdaRound (else searched)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache-dir", default="/tmp/aq_cases")
+    ap.add_argument("--workdir", default="/tmp/aq_bench_search")
+    ap.add_argument("--out", default=str(HERE / "results" / "bench_search"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from _aimet_reference import load_case
+
+    spec, title = CASES[args.case]
+    model, dummy, calib, eval_fn, _ = load_case(str(HERE / spec), {"cache_dir": args.cache_dir}, [str(HERE)])
+    case = {"model": model.eval(), "dummy_input": dummy, "calib_batches": calib, "eval_fn": eval_fn}
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    runs: list[dict[str, Any]] = []
+    for seed in seeds:
+        for strategy in strategies:
+            try:
+                r = run_one(case, strategy, seed, args, workdir)
+            except Exception as err:  # noqa: BLE001  # one failed run is reported, the others go on
+                print(f"[bench_search] {strategy} seed {seed} FAILED: {type(err).__name__}: {err}", flush=True)
+                continue
+            runs.append(r)
+            reach = r["reach"]
+            print(
+                f"[bench_search] {strategy:15} seed {seed}: met {r['target_met']} acc {r['accuracy']:.4f} "
+                f"(target {r['target']:.4f}); to target: "
+                + ("-" if reach is None else f"{reach['eval_calls']} calls, {reach['seconds']:.1f} s, trial {reach['trial']}")
+                + f"; total {r['trials']} trials, {r['eval_calls']} calls, {r['wall_s']:.1f} s; {r['pipeline']}",
+                flush=True,
+            )
+    fp32, target = runs[0]["fp32"], runs[0]["target"]
+    lines = [
+        f"Command: `flock /tmp/aq_cpu.lock python {' '.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])}`  ",
+        f"Machine: {_meta.machine()}; {args.threads} torch thread(s); date {_meta.now()}; aq-search "
+        f"{_meta.source_state()}; all runs in one process, one after the other.  ",
+        f"Case: {title}; W{args.param_bw}A{args.output_bw} {'per-channel' if args.per_channel else 'per-tensor'}; FP32 "
+        f"{fp32:.4f}; allowed drop {args.allowed_drop} (target {target:.4f}); space `{args.space}`; budget {args.budget} "
+        f"trials (reference: 1); AdaRound "
+        + (f"fixed at {args.adaround_iterations} iterations" if args.adaround_iterations else "searched in the space's ranges")
+        + f"; seeds {seeds}.",
+        "",
+        "| strategy | target met | eval calls to target | seconds to target | trials to target | best acc. when missed "
+        "| eval calls (whole run) | seconds (whole run) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for strategy in strategies:
+        if not any(r["strategy"] == strategy for r in runs):
+            lines.append(f"| {strategy} | failed (see the log) | | | | | | |")
+            continue
+        s = _summary([r for r in runs if r["strategy"] == strategy])
+        lines.append(
+            f"| {strategy} | {s['met']} | {s['calls']} | {s['seconds']} | {s['trials_to_target']} | {s['best_if_missed']} "
+            f"| {s['total_calls']} | {s['total_seconds']} |"
+        )
+    lines += ["", "Median (min-max) over the seeds that met the target; whole-run figures over all seeds."]
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
