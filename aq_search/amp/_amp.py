@@ -388,11 +388,9 @@ class _Search:
         base_total = self.table.cost(baseline, self.metric)
         for g in self.groups:
             for c in self.table.candidates:
-                saved = self.table.group_cost(g.name, baseline[g.name], self.metric) - self.table.group_cost(
-                    g.name, c, self.metric
-                )
-                if saved > 0:
-                    pairs.append((g.name, c, saved / base_total))
+                cut = self.table.group_cost(g.name, baseline[g.name], self.metric) - self.table.group_cost(g.name, c, self.metric)
+                if cut > 0:
+                    pairs.append((g.name, c, cut / base_total))
         n1 = self.config.num_samples_for_phase_1
         if self.config.phase1_metric == "eval":
             reference = self.accuracy(baseline, n1, f"phase 1 (baseline {_describe(baseline)} on {n1 or 'all'} samples)")
