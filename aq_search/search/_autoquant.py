@@ -654,6 +654,14 @@ class AutoQuant:
         return self._replay(trial, ctx)
 
 
+def may_prune_after(pipeline: Pipeline, index: int) -> bool:
+    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while an
+    ``amp`` stage is still to come (mixed precision can recover any score before it, so scores before
+    AMP say little about where the trial ends)."""
+    later = pipeline.stages[index + 1 :]
+    return bool(later) and not any(stage.key == "amp" for stage in later)
+
+
 def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -740,7 +748,7 @@ class _TrialRunner:
             if _target_met_by(study) is not None:
                 trial.set_user_attr("stopped", f"target met by trial {_target_met_by(study)}")
                 raise optuna.TrialPruned("target met by another trial")
-            if index < len(pipeline.stages) - 1 and trial.should_prune():
+            if may_prune_after(pipeline, index) and trial.should_prune():
                 trial.set_user_attr("pruned_at_stage", f"{index + 1}: {pipeline.stages[index].describe()}")
                 raise optuna.TrialPruned(f"pruned after stage {index + 1} ({result.score:.4f})")
             return False

@@ -341,3 +341,18 @@ def test_output_sqnr_numbers() -> None:
     ref = [torch.tensor([1.0, 1.0]), torch.tensor([[2.0]])]
     assert output_sqnr(ref, [torch.tensor([1.0, 0.0]), torch.tensor([[2.0]])]) == pytest.approx(10 * math.log10(6.0))
     assert output_sqnr(ref, ref) == math.inf
+
+
+def test_amp_orderings_are_not_pruned_before_their_amp_stage() -> None:
+    from aq_search.search._autoquant import may_prune_after
+    from aq_search.search._pipeline import Pipeline, Stage
+
+    def pipeline(*keys: str) -> Pipeline:
+        return Pipeline(tuple(Stage(k, None) for k in keys))
+
+    bc = pipeline("bnf", "cle", "scheme", "bc")
+    assert [may_prune_after(bc, i) for i in range(4)] == [True, True, True, False]
+    amp_last = pipeline("bnf", "scheme", "adaround", "amp")
+    assert [may_prune_after(amp_last, i) for i in range(4)] == [False, False, False, False]
+    amp_middle = pipeline("bnf", "scheme", "amp", "adaround")
+    assert [may_prune_after(amp_middle, i) for i in range(4)] == [False, False, True, False]
