@@ -41,6 +41,7 @@ from ..techniques._config import TechniqueConfig
 from ._candidates import Candidate, CandidateLike, parse_candidate, parse_candidates
 from ._cost import COST_METRICS, CostTable
 from ._groups import QuantizerGroup, find_quantizer_groups, format_groups, ungrouped_activation_quantizers
+from ._limits import budget_limit, first_within, input_assignment, kept_input
 from ._state import GroupPrecisions
 
 __all__ = [
@@ -363,6 +364,8 @@ class _Search:
         self.probe = probe
         self.progress = progress
         self.metric = config.cost
+        self.limit: float | None = None  # the most a config may cost (budget); None: no limit
+        self.start: dict[str, Candidate] = {}  # the input's formats
         self._cache: dict[tuple[tuple[str, ...], int | None], float] = {}
 
     def accuracy(self, assignment: Mapping[str, Candidate], num_samples: int | None, phase: str) -> float:
@@ -438,8 +441,14 @@ class _Search:
         return steps
 
     def phase2(
-        self, baseline: dict[str, Candidate], steps: Sequence[tuple[dict[str, Candidate], str]], target: float
+        self,
+        baseline: dict[str, Candidate],
+        steps: Sequence[tuple[dict[str, Candidate], str]],
+        target: float,
+        k_min: int = 0,
     ) -> tuple[int, dict[int, float]]:
+        """The most moves whose config meets ``target`` (configs with fewer than ``k_min`` moves are over
+        the budget and never chosen; when none meets it, ``k_min``: the most accurate within budget)."""
         n2 = self.config.num_samples_for_phase_2
         k_max = len(steps)
         scores: dict[int, float] = {}
@@ -472,12 +481,14 @@ class _Search:
         if self.config.phase2_search == "linear":
             for k in range(1, k_max + 1):
                 acc(k)
-            meeting = [k for k, s in scores.items() if s >= target]
-            chosen = max(meeting)
-        elif k_max == 0 or acc(k_max) >= target:
+            meeting = [k for k, s in scores.items() if s >= target and k >= k_min]
+            chosen = max(meeting, default=k_min)
+        elif k_max == 0 or k_max <= k_min or acc(k_max) >= target:
             chosen = k_max
+        elif acc(k_min) < target:
+            chosen = k_min
         else:
-            lo, hi = 0, k_max
+            lo, hi = k_min, k_max
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 if acc(mid) >= target:
@@ -549,10 +560,19 @@ def apply_mixed_precision(
     forward_fn: Any = None,
     fp32_accuracy: float | None = None,
     progress: bool = True,
+    budget: tuple[CandidateLike, float] | None = None,
+    input_accuracy: float | None = None,
 ) -> MixedPrecisionResult:
     """Choose a candidate per quantizer group (see :func:`choose_mixed_precision`) and apply it to ``sim``.
 
     The technique's entry point for pipelines: the settings come as a :class:`MixedPrecisionConfig`.
+
+    Args:
+        budget: ``(candidate, ratio)``: no config costing more than ``ratio`` x the BOPs (or size, per
+            ``config.cost``) of every group at ``candidate`` is chosen (e.g. ``("w4a8", 1.5)``).
+        input_accuracy: the input sim's score at phase-2 fidelity, if known. When given, AMP never
+            returns a config scoring below it: the input is restored instead (its AdaRound rounding
+            included), and the result says so.
     """
     who = "apply_mixed_precision"
     if not isinstance(sim, QuantSim):
@@ -605,8 +625,13 @@ def apply_mixed_precision(
         )
     evaluator = _Evaluator(sim, eval_callback)
     search = _Search(sim, config, groups, table, precisions, evaluator, probe, progress)
+    search.limit = budget_limit(table, budget, config.cost)
+    search.start = input_assignment(sim, groups)
     try:
         result = _run(search, drop, fp32)
+        if input_accuracy is not None and result.accuracy < input_accuracy:
+            result = kept_input(search, result, float(input_accuracy))
+            logger.info("AMP: %s", result.message)
     except BaseException:
         precisions.restore()
         raise
@@ -666,7 +691,8 @@ def _run(search: _Search, drop: float, fp32: float | None) -> MixedPrecisionResu
         logger.info("AMP: %s", message)
         return result
 
-    if base_acc < target:
+    over = search.limit is not None and table.cost(baseline, metric) > search.limit
+    if base_acc < target and not over:
         message = (
             f"The target accuracy {target:.4f} (FP32 {fp32:.4f} - allowed drop {drop:.4g}) cannot be met even with every "
             f"group at its highest candidate ({base_name} scores {base_acc:.4f}); returning that config. Add a higher "
@@ -676,7 +702,8 @@ def _run(search: _Search, drop: float, fp32: float | None) -> MixedPrecisionResu
         return finish(baseline, base_acc, (), [base_point], message)
     sensitivity = search.phase1(baseline)
     steps = search.moves(baseline, sensitivity)
-    chosen, scores = search.phase2(baseline, steps, target)
+    k_min = first_within(table, baseline, steps, search.limit, metric)
+    chosen, scores = search.phase2(baseline, steps, target, k_min)
     evaluated = [
         ParetoPoint(
             table.relative(baseline if k == 0 else steps[k - 1][0], metric),
@@ -693,7 +720,13 @@ def _run(search: _Search, drop: float, fp32: float | None) -> MixedPrecisionResu
         evaluated += extra
     lowered = sum(1 for g, c in assignment.items() if c != baseline[g])
     what = "BOPs" if metric == "bops" else "model size"
-    if not steps:
+    if accuracy < target:
+        message = (
+            f"Missed the target {target:.4f} (FP32 {fp32:.4f} - {drop:.4g}): the most accurate config within the cost "
+            f"budget scores {accuracy:.4f} at {table.relative(assignment, metric):.3f}x the {what} of the {base_name} "
+            f"config ({lowered} of {len(search.groups)} group(s) lowered, {search.evaluate.calls} eval call(s))."
+        )
+    elif not steps:
         message = (
             f"No group has a candidate cheaper than its highest, so nothing was lowered; {base_name} scores "
             f"{base_acc:.4f} (target {target:.4f})."

@@ -188,6 +188,11 @@ class CostTable:
         base = self.cost(self.baseline(metric), metric)
         return self.cost(assignment, metric) / base if base else 0.0
 
+    def cost_of(self, assignment: Mapping[str, Candidate], metric: str = "bops") -> int:
+        """Absolute cost of a config whose candidates need not be among :attr:`candidates` (e.g. the input's)."""
+        fn = self._group_bops if _check_metric(metric) == "bops" else self._group_size
+        return sum(fn(g, c) for g, c in assignment.items())
+
     def layer_bops(self, assignment: Mapping[str, Candidate]) -> dict[str, int]:
         """BOPs per weight layer under a config."""
         out: dict[str, int] = {}

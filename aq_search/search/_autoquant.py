@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
+from ._budget import Budget, check_max_relative_bops
+from ._costs import eval_equivalents, study_costs
 from ._pipeline import (
     Fixed,
     Pipeline,
@@ -35,7 +38,10 @@ from ._pipeline import (
     suggest_pipeline,
     usable_orderings,
 )
+from ._prefix import PREFIX_ATTR, KnownScores
 from ._pruner import StagePruner
+from ._reference import reference_adaround, reference_differences, reference_params
+from ._run import stage_label
 from ._space import SearchSpace, load_search_space
 from ._storage import WORKER_ATTR, check_storage_spec, fail_dead_local_trials, make_storage, storage_label, worker_id
 
@@ -51,10 +57,12 @@ _IDENTITY_ATTR = "identity"
 class CountingEval:
     """Wraps the user's ``eval_callback(model, num_samples)``: counts calls and checks the result."""
 
-    def __init__(self, fn: Callable[[nn.Module, int | None], Any]) -> None:
+    def __init__(self, fn: Callable[[nn.Module, int | None], Any], eval_size: int | None = None) -> None:
         self.fn = fn
+        self.eval_size = eval_size
         self.calls = 0
         self.samples = 0
+        self.equivalents = 0.0  # samples / eval_size; a full evaluation counts 1
         self.seconds = 0.0
 
     def __call__(self, model: nn.Module, num_samples: int | None = None) -> float:
@@ -72,6 +80,7 @@ class CountingEval:
             model.train(training)
             self.calls += 1
             self.samples += num_samples or 0
+            self.equivalents += eval_equivalents(num_samples, self.eval_size)
             self.seconds += time.perf_counter() - start
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
@@ -104,6 +113,12 @@ class AutoQuantResult:
         best_trial: number of the trial that produced the model.
         message: a one-paragraph account of what was tried and how it went.
         results_dir: the folder holding the model, encodings, pipeline and summary.
+        stage_results: every stage the best trial ran (cost, gain, which one won: ``best``).
+        n_eval_equivalents: evaluation cost of the study in full evaluations (subset calls count
+            ``num_samples / eval_size``).
+        relative_bops: the model's BOPs relative to the all-``w{param_bw}a{output_bw}`` model.
+        within_budget: whether that is at most ``max_relative_bops`` (``target_met`` needs it).
+        best_stage: which stage of the best trial produced the model (1-based; keep-best).
     """
 
     model: nn.Module
@@ -121,6 +136,10 @@ class AutoQuantResult:
     message: str
     results_dir: str
     stage_results: tuple[StageResult, ...] = field(default=())
+    n_eval_equivalents: float = math.nan
+    relative_bops: float | None = None
+    within_budget: bool = True
+    best_stage: int = 0
 
     def export_onnx(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write the best model as ONNX (QDQ + FP32 + encodings) and validate it; see :func:`aq_search.export_onnx`."""
@@ -132,7 +151,7 @@ class AutoQuantResult:
         return (
             f"AutoQuantResult(accuracy={self.accuracy:.4f}, fp32_accuracy={self.fp32_accuracy:.4f}, "
             f"target_met={self.target_met}, pipeline='{self.pipeline}', n_trials={self.n_trials}, "
-            f"n_eval_calls={self.n_eval_calls})"
+            f"n_eval_calls={self.n_eval_calls}, relative_bops={self.relative_bops})"
         )
 
 
@@ -193,6 +212,11 @@ class AutoQuant:
         sampler_seed: seed of the Optuna sampler (default: ``seed``). Worker processes sharing one
             study need different sampler seeds, or they propose the same trials; ``aq-search
             worker`` gives each its own. ``seed`` itself (AdaRound) must stay the same everywhere.
+        max_relative_bops: a result may cost at most this many times the BOPs of the model with every
+            layer at ``w{param_bw}a{output_bw}`` (default: the space's ``max_relative_bops``, 1.5). A
+            model over that budget never meets the target, however accurate.
+        eval_size: samples in the full evaluation, so subset calls count as ``num_samples / eval_size``
+            eval-equivalents in the records (``None``: each call counts as one full evaluation).
     """
 
     def __init__(
@@ -220,6 +244,8 @@ class AutoQuant:
         grace_period: int | None = None,
         max_retries: int | None = 2,
         sampler_seed: int | None = None,
+        max_relative_bops: float | None = None,
+        eval_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
@@ -253,6 +279,13 @@ class AutoQuant:
                 raise InvalidInputError(f"The '{name}' parameter must be an int >= {low} or None. Got {value!r} instead.")
         if storage is not None:
             check_storage_spec(storage)
+        if max_relative_bops is not None:
+            check_max_relative_bops(max_relative_bops)
+        if eval_size is not None and (isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 1):
+            raise InvalidInputError(
+                "The 'eval_size' parameter of AutoQuant must be a positive int (the number of samples of the full "
+                f"evaluation) or None. Got {eval_size!r} instead."
+            )
         self.model = model
         self.dummy_input = dummy_input
         self.data_loader = data_loader
@@ -273,6 +306,10 @@ class AutoQuant:
         self.grace_period = grace_period
         self.max_retries = max_retries
         self.sampler_seed = sampler_seed
+        self.eval_size = eval_size
+        if max_relative_bops is not None:  # the argument overrides the space's (and so enters the study identity)
+            self.space = dataclasses.replace(self.space, max_relative_bops=float(max_relative_bops))
+        self.budget = Budget(param_bw, output_bw, self.space.max_relative_bops)
         self._storage_obj: optuna.storages.BaseStorage | None = None
         self._adaround_params: Any = None
         self._amp_candidates: tuple[str, ...] | None = None
@@ -311,7 +348,7 @@ class AutoQuant:
         self.results_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
         batches = _materialize(self.data_loader, self.num_calibration_batches)
-        self._eval = CountingEval(self.eval_callback)
+        self._eval = CountingEval(self.eval_callback, self.eval_size)
         from ..techniques import AdaRoundCache
 
         pair = f"{self.quant_scheme}/{self.quant_scheme}"
@@ -331,6 +368,7 @@ class AutoQuant:
             adaround_cache=AdaRoundCache(self.results_dir / "cache" / "adaround"),
             seed=self.seed or 0,
             leaf_modules=self.leaf_modules,
+            budget=self.budget,
         )
         return self._ctx
 
@@ -400,25 +438,17 @@ class AutoQuant:
         return Fixed(adaround=self._adaround_params, amp_candidates=self._amp_candidates, per_channel=self.per_channel)
 
     def _reference_params(self, orderings: list[str]) -> dict[str, Any] | None:
-        """AIMET's recipe as trial parameters: scheme selection, BN fold, CLE, AdaRound with defaults."""
-        for ordering in ("scheme>bnf>cle>adaround", "scheme>bnf>cle", "bnf>cle>adaround", "bnf>cle"):
-            if ordering in orderings:
-                break
-        else:
-            return None
-        params: dict[str, Any] = {}
-        if len(orderings) > 1:
-            params["pipeline__ordering"] = ordering
-        candidates = self.space.scheme.candidates.values
-        if "scheme" in ordering and len(candidates) > 1 and "select" in candidates:
-            params["scheme__candidate"] = "select"
-        if self.per_channel is None and len(self.space.scheme.per_channel.values) > 1:
-            params["scheme__per_channel"] = True
-        if "cle" in ordering and len(self.space.cle.high_bias_absorption.values) > 1:
-            params["cle__high_bias_absorption"] = True
-        if "cle" in ordering and len(self.space.cle.replace_relu6.values) > 1 and "always" in self.space.cle.replace_relu6.values:
-            params["cle__replace_relu6"] = "always"  # AIMET replaces every ReLU6 it equalizes across
-        return params
+        """AIMET's recipe as trial parameters: scheme selection, BN fold, CLE, AdaRound (see ``_reference.py``)."""
+        return reference_params(self.space, orderings, self.per_channel)
+
+    def _reference_attrs(self, params: dict[str, Any], orderings: list[str], ctx: RunContext) -> dict[str, Any]:
+        ordering = str(params.get("pipeline__ordering", orderings[0]))
+        ada = reference_adaround(self._adaround_params, self.param_bw, ctx.calibration)
+        return {
+            "reference_recipe": True,
+            "reference_adaround": ada.to_dict() if "adaround" in ordering else None,
+            "reference_differences": reference_differences(self.space, ordering, ada, self._adaround_params is not None),
+        }
 
     def _open_study(self, ctx: RunContext, allowed_drop: float) -> optuna.Study:
         name = self.study_name or self._default_study_name()
@@ -510,10 +540,11 @@ class AutoQuant:
         if self.space.replay_reference and not study.trials:
             params = self._reference_params(orderings)
             if params is not None:
-                study.enqueue_trial(params, user_attrs={"reference_recipe": True}, skip_if_exists=True)
+                attrs = self._reference_attrs(params, orderings, ctx)
+                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         finished = [t for t in study.trials if t.state.is_finished()]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        met = [t.number for t in complete if t.value is not None and t.value >= ctx.target]
+        met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and _within(t)]
         if met and _target_met_by(study) is None:  # its worker died between finishing the trial and marking the study
             study.set_user_attr(_TARGET_ATTR, met[0])
         budget = n_trials if n_trials is not None else max(0, self.space.max_trials - len(finished))
@@ -544,7 +575,7 @@ class AutoQuant:
                 f"the study ({storage_label(self._storage_spec())}): "
                 + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
             )
-        best = max(complete, key=lambda t: (t.value, -t.number))
+        best = max(complete, key=lambda t: (_within(t), t.value, -t.number))
         run = runner.best_run if runner.best_number == best.number else None
         if run is None:  # the best trial ran in another process (or an earlier run): rebuild it here
             run = self._replay(best, ctx)
@@ -565,20 +596,31 @@ class AutoQuant:
         _write_atomic(out / "model_state.pt", lambda p: torch.save(run.sim.model.state_dict(), p))
         pipeline_text = yaml.safe_dump(run.applied.to_dict(), sort_keys=False)
         _write_atomic(out / "pipeline.yaml", lambda p: p.write_text(pipeline_text, encoding="utf-8"))
-        n_eval = int(study.user_attrs.get("fp32_eval_calls", 1)) + sum(
-            int(t.user_attrs.get("eval_calls", 0)) for t in study.trials
-        )
-        target_met = best.value >= ctx.target
+        costs = study_costs(study.trials, study.user_attrs)
+        n_eval = int(costs["eval_calls"])
+        within = _within(best)
+        relative = self.budget.relative(run.sim)
+        cost_text = self.budget.describe(relative)
+        target_met = best.value >= ctx.target and within
+        won = str(best.user_attrs.get("best_stage_label", "")) or "its last stage"
         tried = sorted({str(t.user_attrs.get("pipeline", "")) for t in study.trials if t.user_attrs.get("pipeline")})
         if target_met:
             message = (
                 f"Target met: {best.value:.4f} >= {ctx.target:.4f} (FP32 {ctx.fp32_accuracy:.4f}) by trial {best.number} "
-                f"with {run.applied} after {len(study.trials)} trial(s) and {n_eval} eval call(s)."
+                f"({won}) with {run.applied} at {cost_text}, after {len(study.trials)} trial(s), {n_eval} eval call(s) "
+                f"and {costs['eval_equivalents']:.2f} eval-equivalent(s)."
+            )
+        elif best.value >= ctx.target:
+            message = (
+                f"Target not met: the best model scored {best.value:.4f} >= {ctx.target:.4f} but costs {cost_text} "
+                f"(allowed: {self.budget.max_relative_bops:g}x; pass max_relative_bops= to allow more). Returning trial "
+                f"{best.number} ({won}: {run.applied})."
             )
         else:
             message = (
                 f"Target not met: the best of {len(study.trials)} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
-                f"(FP32 {ctx.fp32_accuracy:.4f}); returning it ({run.applied}). Tried: {'; '.join(tried[:12])}"
+                f"(FP32 {ctx.fp32_accuracy:.4f}); returning trial {best.number}, {won} ({run.applied}, {cost_text}). "
+                f"Tried: {'; '.join(tried[:12])}"
                 f"{' ...' if len(tried) > 12 else ''}. Consider more trials, a larger allowed drop, higher bit-widths "
                 "or mixed precision candidates."
             )
@@ -592,9 +634,19 @@ class AutoQuant:
             "accuracy": best.value,
             "target_met": target_met,
             "best_trial": best.number,
+            "best_stage": int(best.user_attrs.get("best_stage", len(run.applied.stages))),
+            "best_stage_label": won,
             "pipeline": str(run.applied),
             "n_trials": len(study.trials),
             "n_eval_calls": n_eval,
+            "n_eval_equivalents": costs["eval_equivalents"],
+            "eval_samples": costs["eval_samples"],
+            "trial_seconds": costs["seconds"],
+            "cost_by_stage": costs["by_stage"],
+            "requested": self.budget.requested,
+            "relative_bops_requested": None if relative is None else round(relative, 4),
+            "max_relative_bops": self.budget.max_relative_bops,
+            "within_budget": within,
             "param_bw": self.param_bw,
             "output_bw": self.output_bw,
             "dummy_input_shapes": _shapes(self.dummy_input),
@@ -619,23 +671,33 @@ class AutoQuant:
             message=message,
             results_dir=str(self.results_dir),
             stage_results=tuple(run.stages),
+            n_eval_equivalents=float(costs["eval_equivalents"]),
+            relative_bops=None if relative is None else round(relative, 4),
+            within_budget=within,
+            best_stage=int(best.user_attrs.get("best_stage", len(run.applied.stages))),
         )
         publish_study(result)  # dashboard note and plots, results_dir/report.html; never raises
         return result
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
+        fixed = self._fixed()
+        if trial.user_attrs.get("reference_recipe"):  # trial 0: AIMET's recipe with the user's or AIMET's AdaRound
+            fixed = dataclasses.replace(fixed, adaround=reference_adaround(self._adaround_params, self.param_bw, ctx.calibration))
         return suggest_pipeline(
             trial,
             self.space,
             param_bw=self.param_bw,
             output_bw=self.output_bw,
             num_batches_available=len(ctx.calibration),
-            fixed=self._fixed(),
+            fixed=fixed,
         )
 
     def _replay(self, trial: optuna.trial.FrozenTrial, ctx: RunContext) -> PipelineRun:
         """Rebuild a finished trial's model from its parameters (the same define-by-run function)."""
-        pipeline = self._pipeline_for(optuna.trial.FixedTrial(trial.params, number=trial.number), ctx)
+        fixed_trial = optuna.trial.FixedTrial(trial.params, number=trial.number)
+        if trial.user_attrs.get("reference_recipe"):
+            fixed_trial.set_user_attr("reference_recipe", True)
+        pipeline = self._pipeline_for(fixed_trial, ctx)
         stages = int(trial.user_attrs.get("stages_applied", len(pipeline.stages)))
         pipeline = Pipeline(pipeline.stages[:stages])
         logger.info("replaying trial %d: %s", trial.number, pipeline)
@@ -670,6 +732,11 @@ def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _within(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether a finished trial's result is within the cost budget (trials from before budgets: yes)."""
+    return trial.user_attrs.get("within_budget", True) is not False
 
 
 def _target_met_by(study: optuna.Study) -> int | None:
@@ -716,18 +783,21 @@ class _TrialRunner:
             raise optuna.TrialPruned("target already met")
         assert isinstance(ctx.evaluate, CountingEval)
         counter = ctx.evaluate
-        calls0, samples0, eval_s0 = counter.calls, counter.samples, counter.seconds
+        calls0, samples0, eval_s0, eq0 = counter.calls, counter.samples, counter.seconds, counter.equivalents
+        ctx.known = KnownScores.from_trials(study.get_trials(deepcopy=False))
         hits0 = dict(ctx.cache_hits)
         start = time.perf_counter()
 
         def record(stages: list[StageResult] | None = None) -> None:
             trial.set_user_attr("eval_calls", counter.calls - calls0)
             trial.set_user_attr("eval_samples", counter.samples - samples0)
+            trial.set_user_attr("eval_equivalents", round(counter.equivalents - eq0, 6))
             trial.set_user_attr("eval_seconds", round(counter.seconds - eval_s0, 3))
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
             trial.set_user_attr("cache_hits", {k: v - hits0.get(k, 0) for k, v in ctx.cache_hits.items() if v - hits0.get(k, 0)})
             if stages is not None:
                 trial.set_user_attr("stage_scores", [s.to_dict() for s in stages])
+                trial.set_user_attr(PREFIX_ATTR, [s.prefix_key for s in stages])
 
         try:
             pipeline = self.aq._pipeline_for(trial, ctx)
@@ -743,8 +813,8 @@ class _TrialRunner:
             seen.append(result)
             record(seen)
             trial.report(result.score, step=index)
-            if result.num_samples is None and result.score >= ctx.target:
-                return True  # target met: finish with the stages applied so far
+            if result.num_samples is None and result.score >= ctx.target and result.within_budget:
+                return True  # target met within the cost budget: finish with the stages applied so far
             if _target_met_by(study) is not None:
                 trial.set_user_attr("stopped", f"target met by trial {_target_met_by(study)}")
                 raise optuna.TrialPruned("target met by another trial")
@@ -765,10 +835,18 @@ class _TrialRunner:
             record(seen)
             raise
         record(run.stages)
-        trial.set_user_attr("stages_applied", len(run.stages))
+        # keep-best: the trial's value and model are its best stage's; stages_applied rebuilds it on replay
+        trial.set_user_attr("stages_applied", run.best_index + 1)
+        trial.set_user_attr("stages_run", len(run.stages))
+        trial.set_user_attr("best_stage", run.best_index + 1)
+        trial.set_user_attr("best_stage_label", stage_label(run))
+        trial.set_user_attr("last_stage_score", run.stages[-1].score if run.stages else run.score)
         trial.set_user_attr("pipeline_applied", str(run.applied))
         trial.set_user_attr("completed_early", run.completed_early)
         trial.set_user_attr("relative_bops", _relative_bops(run))
+        relative = self.aq.budget.relative(run.sim)
+        trial.set_user_attr("relative_bops_requested", None if relative is None else round(relative, 4))
+        trial.set_user_attr("within_budget", run.within_budget)
         trial.set_user_attr("scheme", f"{run.sim.param_quant_scheme.name}/{run.sim.activation_quant_scheme.name}")
         enc_dir = self.aq.results_dir / "trials" / f"trial_{trial.number:04d}"
         enc_dir.mkdir(parents=True, exist_ok=True)
@@ -782,7 +860,8 @@ class _TrialRunner:
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
             # set only once the trial is COMPLETE, so every worker that sees it can also use the trial
-            if trial.value >= self.ctx.target and _target_met_by(study) is None:
+            within = trial.user_attrs.get("within_budget", True) is not False
+            if trial.value >= self.ctx.target and within and _target_met_by(study) is None:
                 study.set_user_attr(_TARGET_ATTR, trial.number)
             best = study.user_attrs.get("best_value")
             if best is None or trial.value > best:

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,12 +196,20 @@ class Fixed:
 
 
 def amp_candidate_sets(space: SearchSpace, param_bw: int, output_bw: int, fixed: Fixed) -> list[tuple[str, ...]]:
-    """The AMP candidate sets with ``{param_bw}``/``{output_bw}`` filled in; sets of fewer than two dropped."""
+    """The AMP candidate sets with ``{param_bw}``/``{output_bw}`` filled in; sets of fewer than two dropped, and
+    sets whose cheapest candidate is over the space's ``max_relative_bops`` budget everywhere."""
     if fixed.amp_candidates is not None:
         return [fixed.amp_candidates]
+    from ..amp import parse_candidate
+
     out: list[tuple[str, ...]] = []
     for s in space.amp.candidate_sets:
         filled = tuple(dict.fromkeys(c.format(param_bw=param_bw, output_bw=output_bw) for c in s))
+        # a set whose cheapest candidate costs more than the budget everywhere can never give a result within it
+        cheapest = min(parse_candidate(c).param_bw * parse_candidate(c).activation_bw for c in filled)
+        if cheapest > space.max_relative_bops * param_bw * output_bw * (1 + 1e-9):
+            logger.info("AMP candidate set %s dropped: even its cheapest candidate is over the cost budget", filled)
+            continue
         if len(filled) >= 2 and filled not in out:
             out.append(filled)
     return out
@@ -291,12 +298,37 @@ def suggest_pipeline(
 
 @dataclass
 class StageResult:
+    """One stage of a run: its score and what it cost.
+
+    Attributes:
+        stage: the technique key.
+        score: the eval score after the stage (``num_samples`` samples; ``None``: full evaluation).
+        seconds / eval_calls / eval_samples / eval_equivalents: the stage's cost (eval-equivalents:
+            samples over the full evaluation's size; a full evaluation counts 1).
+        gain: score minus the previous stage's score (``None`` for the first stage).
+        relative_bops: BOPs relative to the all-``w{param_bw}a{output_bw}`` model.
+        within_budget: whether that cost is within ``max_relative_bops``.
+        from_study: the score came from an earlier trial with the same prefix (no eval call).
+        prefix_key: the hash of the pipeline prefix up to this stage.
+        choice: what the stage chose when that is not in its config (selected scheme pair, AMP config).
+        best: this stage produced the run's result (keep-best).
+    """
+
     stage: str
     score: float
     num_samples: int | None
     seconds: float
     eval_calls: int
     note: str = ""
+    eval_samples: int = 0
+    eval_equivalents: float = 0.0
+    gain: float | None = None
+    relative_bops: float | None = None
+    within_budget: bool = True
+    from_study: bool = False
+    prefix_key: str = ""
+    choice: Any = None
+    best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,6 +380,8 @@ class RunContext:
     sim_cache: _LRU = field(default_factory=lambda: _LRU(4))
     cache_hits: dict[str, int] = field(default_factory=dict)
     reference_outputs: list[Tensor] | None = None  # FP32 outputs on calibration batches (scheme selection by sqnr)
+    budget: Any = None  # search._budget.Budget: results over it never meet the target
+    known: Any = None  # search._prefix.KnownScores: prefix scores already in the study
 
     def hit(self, what: str) -> None:
         self.cache_hits[what] = self.cache_hits.get(what, 0) + 1
@@ -388,7 +422,11 @@ class RunContext:
 
 @dataclass
 class PipelineRun:
-    """The outcome of :func:`run_pipeline`."""
+    """The outcome of :func:`run_pipeline`: the best stage's model and score, and every stage's record.
+
+    ``sim``/``model``/``score`` are those of stage ``best_index`` (keep-best), which may come before the
+    last stage run; ``applied`` is the pipeline prefix that produced them.
+    """
 
     pipeline: Pipeline
     sim: QuantSim
@@ -397,10 +435,16 @@ class PipelineRun:
     score: float
     completed_early: bool = False
     amp_result: Any = None
+    best_index: int = -1
+    within_budget: bool = True
+
+    def __post_init__(self) -> None:
+        if self.best_index == -1 and self.stages:
+            self.best_index = len(self.stages) - 1
 
     @property
     def applied(self) -> Pipeline:
-        return Pipeline(self.pipeline.stages[: len(self.stages)])
+        return Pipeline(self.pipeline.stages[: self.best_index + 1])
 
 
 #: ``on_stage(index, result) -> bool``: return True to finish the pipeline now (target met).
@@ -432,92 +476,18 @@ def run_pipeline(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | 
     was a subset and the score meets the target it is confirmed on the full evaluation.
     ``on_stage`` may stop the run early (the trial then completes with the stages applied so far).
 
+    The result is the run's **best** stage (within the cost budget first, then by score), not its
+    last: a stage that lowers the score never lowers the result. The best subset-scored stage is
+    confirmed on the full evaluation when it could beat every full score. Each stage records its
+    cost (seconds, eval calls, samples, eval-equivalents) and gain; a stage whose pipeline prefix
+    was already scored (``ctx.known``) takes its score from there.
+
     Raises:
         StageError: a technique failed (the message names the stage).
     """
-    from ..amp import apply_mixed_precision
-    from ..techniques import apply_adaround, correct_bias
+    from ._run import run_stages
 
-    model = ctx.model
-    pair, per_channel = ctx.default_pair, ctx.default_per_channel
-    sim: QuantSim | None = None
-    results: list[StageResult] = []
-    amp_result = None
-    score = math.nan
-    for index, stage in enumerate(pipeline.stages):
-        start = time.perf_counter()
-        calls_before = _calls(ctx)
-        note = ""
-        known: float | None = None  # a score of this very sim already measured in this stage
-        try:
-            if stage.key in ("bnf", "cle"):
-                model = _model_stage(ctx, model, stage)
-                sim = None
-            elif isinstance(stage.config, SchemeConfig):
-                pair, per_channel = stage.config.pair, stage.config.per_channel
-                sim = None
-            elif isinstance(stage.config, SchemeSelectConfig):
-                pair, sim, note, known = _select_scheme(ctx, model, stage.config)
-                per_channel = stage.config.per_channel
-            else:
-                if sim is None:
-                    sim = ctx.calibrated_sim(model, pair, per_channel)
-                if stage.key == "adaround":
-                    sim = apply_adaround(
-                        sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn, cache=ctx.adaround_cache, seed=ctx.seed
-                    )
-                elif stage.key == "bc":
-                    sim = correct_bias(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn)
-                elif stage.key == "amp":
-                    amp_result = apply_mixed_precision(
-                        sim,
-                        stage.config,
-                        eval_callback=ctx.evaluate,
-                        allowed_accuracy_drop=max(0.0, ctx.fp32_accuracy - ctx.target),
-                        fp32_accuracy=ctx.fp32_accuracy,
-                        forward_fn=ctx.feed,
-                        progress=False,
-                    )
-                    note = f"relative BOPs {amp_result.relative_bops:.3f}"
-            if sim is None:
-                sim = ctx.calibrated_sim(model, pair, per_channel)
-        except AQSearchError as err:
-            raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {err}") from err
-        except Exception as err:
-            logger.debug("stage %s failed", stage.key, exc_info=True)
-            raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
-        score, samples = _score(ctx, sim, known)
-        result = StageResult(stage.key, score, samples, time.perf_counter() - start, _calls(ctx) - calls_before, note)
-        results.append(result)
-        logger.info(
-            "stage %d/%d %s: score %.4f (%.1f s)", index + 1, len(pipeline.stages), stage.describe(), score, result.seconds
-        )
-        if on_stage is not None and on_stage(index, result):
-            return PipelineRun(
-                pipeline, sim, model, results, score, completed_early=index < len(pipeline.stages) - 1, amp_result=amp_result
-            )
-    if sim is None:
-        sim = ctx.calibrated_sim(model, pair, per_channel)
-        score, _ = _score(ctx, sim)
-    if results and results[-1].num_samples is not None:
-        score = ctx.evaluate(sim.model, None)
-        results[-1].score = score
-        results[-1].num_samples = None
-    return PipelineRun(pipeline, sim, model, results, score, amp_result=amp_result)
-
-
-def _calls(ctx: RunContext) -> int:
-    return int(getattr(ctx.evaluate, "calls", 0))
-
-
-def _score(ctx: RunContext, sim: QuantSim, known: float | None = None) -> tuple[float, int | None]:
-    """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
-    on the full evaluation when it meets the target."""
-    n = ctx.intermediate_num_samples
-    score = ctx.evaluate(sim.model, n) if known is None else known
-    if n is not None and score >= ctx.target:
-        return ctx.evaluate(sim.model, None), None
-    return score, n
+    return run_stages(ctx, pipeline, on_stage)
 
 
 _SQNR_BATCHES = 4

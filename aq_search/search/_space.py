@@ -174,6 +174,7 @@ class SearchSpace:
     n_startup_trials: int = 4
     intermediate_num_samples: int | None = None
     replay_reference: bool = True
+    max_relative_bops: float = 1.5
     description: str = ""
     source: str = "<dict>"
 
@@ -208,6 +209,7 @@ class SearchSpace:
             "n_startup_trials": self.n_startup_trials,
             "intermediate_num_samples": self.intermediate_num_samples,
             "replay_reference": self.replay_reference,
+            "max_relative_bops": self.max_relative_bops,
             "description": self.description,
         }
 
@@ -232,6 +234,7 @@ _TOP_KEYS = {
     "n_startup_trials",
     "intermediate_num_samples",
     "replay_reference",
+    "max_relative_bops",
 }
 
 
@@ -459,6 +462,9 @@ def _parse(data: Any, source: str) -> SearchSpace:
     replay = top.get("replay_reference", True)
     if not isinstance(replay, bool):
         raise where.error("replay_reference", f"must be true or false. Got {replay!r} instead.")
+    max_bops = top.get("max_relative_bops", 1.5)
+    if isinstance(max_bops, bool) or not isinstance(max_bops, (int, float)) or not max_bops >= 1.0 or max_bops == float("inf"):
+        raise where.error("max_relative_bops", f"must be a number >= 1. Got {max_bops!r} instead.")
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):
         raise where.error("name", "must be a string.")
@@ -476,6 +482,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         n_startup_trials=positive_int("n_startup_trials", 4) or 0,
         intermediate_num_samples=positive_int("intermediate_num_samples", None, allow_none=True),
         replay_reference=replay,
+        max_relative_bops=float(max_bops),
         description=str(top.get("description", "")),
         source=source,
     )

@@ -1,0 +1,47 @@
+"""The ``amp`` stage of a pipeline: mixed precision within the cost budget, never worse than its input."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ..quantsim import QuantSim
+from ._pipeline import RunContext
+
+__all__ = ["amp_stage", "replay_amp"]
+
+logger = logging.getLogger(__name__)
+
+
+def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | None) -> tuple[QuantSim, Any, str]:
+    """Run AMP on ``sim`` (in place) within the cost budget; returns ``(sim, MixedPrecisionResult, note)``.
+
+    ``input_score`` is the input sim's full-evaluation score (the stage before): AMP never returns a
+    config scoring below it (it restores the input instead).
+    """
+    from ..amp import apply_mixed_precision
+
+    budget = ctx.budget
+    limit = None if budget is None else (budget.requested, budget.max_relative_bops)
+    full_phase2 = getattr(config, "num_samples_for_phase_2", None) is None
+    amp_result = apply_mixed_precision(
+        sim,
+        config,
+        eval_callback=ctx.evaluate,
+        allowed_accuracy_drop=max(0.0, ctx.fp32_accuracy - ctx.target),
+        fp32_accuracy=ctx.fp32_accuracy,
+        forward_fn=ctx.feed,
+        progress=False,
+        budget=limit if getattr(config, "cost", "bops") == "bops" else None,
+        input_accuracy=input_score if full_phase2 else None,
+    )
+    kept = " (kept the input: AMP's choice scored lower)" if amp_result.message.startswith("Kept the input") else ""
+    return sim, amp_result, f"relative BOPs {amp_result.relative_bops:.3f} of all-highest{kept}"
+
+
+def replay_amp(sim: QuantSim, config: Mapping[str, str]) -> None:
+    """Apply an AMP result recorded in the study (``{layer: candidate}``) without searching again."""
+    from ..amp import set_mixed_precision
+
+    set_mixed_precision(sim, dict(config))

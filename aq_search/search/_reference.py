@@ -1,0 +1,108 @@
+"""The reference trial: AIMET AutoQuant's recipe as trial 0, and an honest account of how it differs.
+
+Trial 0 runs scheme selection > BN fold > CLE > AdaRound (or the closest ordering the space has) with
+the user's :class:`~aq_search.AdaRoundParams` or, without them, AIMET's defaults (``AdaroundParameters``:
+10,000 iterations per layer for 8-bit-or-wider weights, 15,000 below, ``reg_param=0.01``,
+``beta_range=(20, 2)``, ``warm_start=0.2``; calibration batches covering up to 2,000 samples). Its
+records (``reference_differences``) list what is not AIMET's: scheme ranking by output SQNR instead of
+one eval call per pair, AdaRound's early stop, no early exit on the W32 check, keep-best over stages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ._space import SearchSpace
+
+__all__ = ["AIMET_ADAROUND", "reference_adaround", "reference_differences", "reference_params"]
+
+#: AIMET's ``AdaroundParameters`` defaults (iterations: 10k for weights of 8 bits or more, 15k below).
+AIMET_ADAROUND: dict[str, Any] = {
+    "num_iterations_8bit": 10_000,
+    "num_iterations_below_8bit": 15_000,
+    "reg_param": 0.01,
+    "beta_range": (20.0, 2.0),
+    "warm_start": 0.2,
+    "max_samples": 2_000,
+}
+_ORDERINGS = ("scheme>bnf>cle>adaround", "scheme>bnf>cle", "bnf>cle>adaround", "bnf>cle")
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, (tuple, list)) and batch:
+        return _batch_size(batch[0])
+    if isinstance(batch, dict) and batch:
+        return _batch_size(next(iter(batch.values())))
+    return 1
+
+
+def reference_adaround(user: Any, param_bw: int, calibration: Sequence[Any]) -> Any:
+    """The reference trial's AdaRound settings: the user's, else AIMET's defaults for this bit-width."""
+    from ..techniques import AdaRoundParams
+
+    if user is not None:
+        return user
+    per_batch = max(1, _batch_size(calibration[0])) if calibration else 1
+    batches = max(1, min(len(calibration), math.ceil(AIMET_ADAROUND["max_samples"] / per_batch)))
+    iterations = AIMET_ADAROUND["num_iterations_8bit" if param_bw >= 8 else "num_iterations_below_8bit"]
+    return AdaRoundParams(
+        num_batches=batches,
+        num_iterations=iterations,
+        reg_param=AIMET_ADAROUND["reg_param"],
+        beta_range=AIMET_ADAROUND["beta_range"],
+        warm_start=AIMET_ADAROUND["warm_start"],
+    )
+
+
+def reference_params(space: SearchSpace, orderings: Sequence[str], per_channel: bool | None) -> dict[str, Any] | None:
+    """AIMET's recipe as trial parameters (ordering, scheme selection, CLE options), or ``None``."""
+    ordering = next((o for o in _ORDERINGS if o in orderings), None)
+    if ordering is None:
+        return None
+    params: dict[str, Any] = {}
+    if len(orderings) > 1:
+        params["pipeline__ordering"] = ordering
+    candidates = space.scheme.candidates.values
+    if "scheme" in ordering and len(candidates) > 1 and "select" in candidates:
+        params["scheme__candidate"] = "select"
+    if per_channel is None and len(space.scheme.per_channel.values) > 1:
+        params["scheme__per_channel"] = True
+    if "cle" in ordering and len(space.cle.high_bias_absorption.values) > 1:
+        params["cle__high_bias_absorption"] = True
+    if "cle" in ordering and len(space.cle.replace_relu6.values) > 1 and "always" in space.cle.replace_relu6.values:
+        params["cle__replace_relu6"] = "always"  # AIMET replaces every ReLU6 it equalizes across
+    return params
+
+
+def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user_adaround: bool) -> list[str]:
+    """How the reference trial differs from AIMET AutoQuant's own run, one sentence each."""
+    out = []
+    if ordering not in ("scheme>bnf>cle>adaround",):
+        out.append(f"ordering {ordering!r} (the space has not AIMET's scheme>bnf>cle>adaround)")
+    if "scheme" in ordering and space.scheme.select_by == "sqnr":
+        out.append("scheme pairs ranked by output SQNR on calibration batches (no eval call), not by one eval call each")
+    if "scheme" in ordering and tuple(space.scheme.select_candidates) != (
+        "tf/tf",
+        "tf_enhanced/tf",
+        "tf_enhanced/tf_enhanced",
+        "tf_enhanced/percentile:99.9",
+        "tf_enhanced/percentile:99.99",
+    ):
+        out.append(f"scheme candidates {list(space.scheme.select_candidates)}, not AIMET's five")
+    if "adaround" in ordering:
+        if user_adaround:
+            out.append("AdaRound with the user's AdaRoundParams")
+        if getattr(adaround, "patience", 0):
+            out.append(
+                f"AdaRound {adaround.num_iterations} iterations at most per layer, stopping early once the layer's "
+                "reconstruction loss stops improving (AIMET runs every iteration)"
+            )
+    out.append("no early exit when the W32 check (float weights, quantized activations) misses the target")
+    out.append("the trial keeps its best stage, within the cost budget (AIMET keeps its best stage too)")
+    return out

@@ -1,0 +1,61 @@
+"""The reference trial replays AIMET's recipe with the user's or AIMET's own AdaRound settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from aq_search import AdaRoundParams, AutoQuant
+from aq_search.search import pipeline_from_dict
+
+from ._scripted import Scripted, batches, tiny_model
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _space() -> dict[str, Any]:
+    return {
+        "orderings": ["scheme>bnf>cle>adaround", "bnf>scheme>adaround"],
+        "scheme": {"candidates": ["select", "tf/tf"], "select_by": "sqnr"},
+        "adaround": {"num_batches": 2, "num_iterations": {"low": 50, "high": 400}, "reg_param": {"low": 0.002, "high": 0.05}},
+        "sampler": "random",
+        "max_trials": 1,
+        "pruner": {"type": "none"},
+    }
+
+
+def _run(tmp_path: Path, param_bw: int, **kwargs: Any) -> optuna.trial.FrozenTrial:
+    model, data = tiny_model(), batches(6)
+    # FP32 1.0, then every stage 1.0: the target is met at the first full score, before AdaRound runs
+    evaluate = Scripted([1.0], rest=1.0)
+    aq = AutoQuant(
+        model, data[0], data, evaluate, param_bw=param_bw, results_dir=tmp_path / "aq", search_space=_space(), seed=0, **kwargs
+    )
+    result = aq.optimize(allowed_accuracy_drop=0.01)
+    return result.study.trials[0]
+
+
+@pytest.mark.parametrize(("param_bw", "iterations"), [(8, 10_000), (4, 15_000)])
+def test_reference_trial_uses_aimet_adaround_defaults(tmp_path: Path, param_bw: int, iterations: int) -> None:
+    trial = _run(tmp_path, param_bw)
+    assert trial.user_attrs["reference_recipe"] is True
+    ada = trial.user_attrs["reference_adaround"]
+    # AIMET's AdaroundParameters defaults; batches covering up to 2,000 samples (all 6 here)
+    assert ada["num_iterations"] == iterations
+    assert ada["reg_param"] == 0.01 and list(ada["beta_range"]) == [20.0, 2.0] and ada["warm_start"] == 0.2
+    assert ada["num_batches"] == 6
+    assert f"adaround(it={iterations}, reg=0.01)" in trial.user_attrs["pipeline"]
+    assert not any(k.startswith("adaround__") for k in trial.params), "the reference's AdaRound is not a random draw"
+    diffs = " ".join(trial.user_attrs["reference_differences"])
+    assert "output SQNR" in diffs
+
+
+def test_reference_trial_uses_the_users_adaround_params(tmp_path: Path) -> None:
+    user = AdaRoundParams(num_batches=3, num_iterations=123, reg_param=0.02, beta_range=(10.0, 3.0), warm_start=0.1)
+    trial = _run(tmp_path, 4, adaround_params=user)
+    assert trial.user_attrs["reference_adaround"] == {**user.to_dict(), "beta_range": [10.0, 3.0]}
+    stages = pipeline_from_dict({"stages": [{"technique": "adaround", "type": "AdaRoundParams", "config": trial.user_attrs["reference_adaround"]}]})
+    assert stages.stages[0].config == user
