@@ -203,6 +203,10 @@ class TrialSummary:
         reference_recipe: whether it replays AIMET's recipe.
         params: the Optuna parameters.
         amp_path: where its :class:`AmpSummary` is (trials that ran AMP).
+        relative_bops_requested: BOPs relative to the all-``w{param_bw}a{output_bw}`` model asked for.
+        within_budget: whether that is within ``max_relative_bops`` (a result over it never meets the target).
+        best_stage_label: which stage produced the trial's value (keep-best), e.g. ``stage 2 of 4 (cle)``.
+        eval_equivalents: its evaluation cost in full evaluations.
     """
 
     number: int
@@ -221,6 +225,10 @@ class TrialSummary:
     reference_recipe: bool
     params: Mapping[str, Any] = field(default_factory=dict)
     amp_path: str | None = None
+    relative_bops_requested: float | None = None
+    within_budget: bool = True
+    best_stage_label: str = ""
+    eval_equivalents: float | None = None
 
     @property
     def last_score(self) -> float | None:
@@ -284,7 +292,8 @@ class StudySummary:
 
     @property
     def target_met(self) -> bool:
-        return self.best is not None and self.best.value is not None and self.best.value >= self.target_accuracy
+        b = self.best
+        return b is not None and b.value is not None and b.value >= self.target_accuracy and b.within_budget
 
     def count(self, state: str) -> int:
         return sum(1 for t in self.trials if t.state == state)
@@ -374,6 +383,10 @@ def summarize_trial(trial: FrozenTrial) -> TrialSummary:
         reference_recipe=bool(a.get("reference_recipe", False)),
         params=dict(trial.params),
         amp_path=str(a["amp_path"]) if a.get("amp_path") else None,
+        relative_bops_requested=_float(a.get("relative_bops_requested")),
+        within_budget=a.get("within_budget", True) is not False,
+        best_stage_label=str(a.get("best_stage_label", "") or ""),
+        eval_equivalents=_float(a.get("eval_equivalents")),
     )
 
 
@@ -399,7 +412,7 @@ def summarize_study(study_or_result: optuna.Study | AutoQuantResult) -> StudySum
     attrs = study.user_attrs
     trials = tuple(summarize_trial(t) for t in study.get_trials(deepcopy=False))
     complete = [t for t in trials if t.value is not None]
-    best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+    best = max(complete, key=lambda t: (t.within_budget, t.value, -t.number)) if complete else None
     fp32 = _float(attrs.get("fp32_accuracy"))
     target = _float(attrs.get("target_accuracy"))
     drop = _float(attrs.get("allowed_accuracy_drop"))

@@ -117,12 +117,18 @@ def _overview(s: StudySummary) -> str:
         ("Best accuracy", f"{_num(b.value)} (trial {b.number})" if b else "none"),
         ("Drop from FP32", _num(s.fp32_accuracy - b.value) if b and b.value is not None else ""),
         ("Best pipeline", f"<code>{_e(b.applied)}</code>" if b else ""),
+        ("Best stage", _e(b.best_stage_label) if b else ""),
+        (
+            "BOPs vs requested",
+            (_num(b.relative_bops_requested, ".3f") + ("" if b.within_budget else " (over budget)")) if b else "",
+        ),
         ("BOPs vs all-W8A8", _num(b.relative_bops, ".4f") if b else ""),
         (
             "Trials",
             f"{len(s.trials)}: {s.count('COMPLETE')} complete, {s.count('PRUNED')} pruned, {s.count('FAIL')} failed",
         ),
         ("Eval calls", f"{s.n_eval_calls} (FP32 included)"),
+        ("Eval-equivalents", _num(sum(t.eval_equivalents or 0.0 for t in s.trials), ".2f") + " (trials; FP32 not included)"),
         ("Trial time", f"{wall:.1f} s (sum over trials)"),
     ]
     cells = "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows)

@@ -40,7 +40,7 @@ from ._pipeline import (
 )
 from ._prefix import PREFIX_ATTR, KnownScores
 from ._pruner import StagePruner
-from ._reference import reference_adaround, reference_differences, reference_params
+from ._reference import cheap_first_params, reference_adaround, reference_differences, reference_params
 from ._run import stage_label
 from ._space import SearchSpace, load_search_space
 from ._storage import WORKER_ATTR, check_storage_spec, fail_dead_local_trials, make_storage, storage_label, worker_id
@@ -542,6 +542,9 @@ class AutoQuant:
             if params is not None:
                 attrs = self._reference_attrs(params, orderings, ctx)
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+            cheap = cheap_first_params(self.space, orderings, self.per_channel)
+            if cheap is not None:
+                study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
         finished = [t for t in study.trials if t.state.is_finished()]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and _within(t)]

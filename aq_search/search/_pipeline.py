@@ -26,6 +26,7 @@ from .._data import tensor_fingerprint
 from .._errors import AQSearchError, InvalidInputError
 from ..quantsim import QuantSim
 from ..techniques._config import TechniqueConfig
+from ._schedule import ADAROUND_PATIENCE, adaround_iterations
 from ._space import FloatRange, IntRange, ParamSpec, SearchSpace, validate_ordering
 
 __all__ = [
@@ -110,7 +111,8 @@ class Stage:
             by = " by sqnr" if c.select_by == "sqnr" else ""
             return f"scheme(select{by}{'' if c.per_channel else ', per-tensor'})"
         if self.key == "adaround":
-            return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g})"
+            stop = ", early stop" if getattr(c, "early_stop_patience", 0) else ""
+            return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g}{stop})"
         if self.key == "amp":
             return f"amp({'/'.join(c.candidates)})"
         if self.key == "cle" and (not c.high_bias_absorption or c.replace_relu6 != "always"):
@@ -274,7 +276,11 @@ def suggest_pipeline(
                 beta_low = float(_suggest(trial, "adaround__beta_low", a.beta_low))
                 config = AdaRoundParams(
                     num_batches=max(1, min(int(_suggest(trial, "adaround__num_batches", a.num_batches)), num_batches_available)),
-                    num_iterations=int(_suggest(trial, "adaround__num_iterations", a.num_iterations)),
+                    # the space's count is for 4-bit weights: fewer iterations for wider ones (see _schedule.py)
+                    num_iterations=adaround_iterations(
+                        int(_suggest(trial, "adaround__num_iterations", a.num_iterations)), param_bw
+                    ),
+                    early_stop_patience=ADAROUND_PATIENCE,
                     reg_param=float(_suggest(trial, "adaround__reg_param", a.reg_param)),
                     beta_range=(max(beta_high, beta_low), min(beta_high, beta_low)),
                     warm_start=float(_suggest(trial, "adaround__warm_start", a.warm_start)),

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from ._schedule import ADAROUND_PATIENCE
 from ._space import SearchSpace
 
-__all__ = ["AIMET_ADAROUND", "reference_adaround", "reference_differences", "reference_params"]
+__all__ = ["AIMET_ADAROUND", "cheap_first_params", "reference_adaround", "reference_differences", "reference_params"]
 
 #: AIMET's ``AdaroundParameters`` defaults (iterations: 10k for weights of 8 bits or more, 15k below).
 AIMET_ADAROUND: dict[str, Any] = {
@@ -57,6 +58,7 @@ def reference_adaround(user: Any, param_bw: int, calibration: Sequence[Any]) -> 
         reg_param=AIMET_ADAROUND["reg_param"],
         beta_range=AIMET_ADAROUND["beta_range"],
         warm_start=AIMET_ADAROUND["warm_start"],
+        early_stop_patience=ADAROUND_PATIENCE,
     )
 
 
@@ -98,7 +100,7 @@ def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user
     if "adaround" in ordering:
         if user_adaround:
             out.append("AdaRound with the user's AdaRoundParams")
-        if getattr(adaround, "patience", 0):
+        if getattr(adaround, "early_stop_patience", 0):
             out.append(
                 f"AdaRound {adaround.num_iterations} iterations at most per layer, stopping early once the layer's "
                 "reconstruction loss stops improving (AIMET runs every iteration)"
@@ -106,3 +108,25 @@ def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user
     out.append("no early exit when the W32 check (float weights, quantized activations) misses the target")
     out.append("the trial keeps its best stage, within the cost budget (AIMET keeps its best stage too)")
     return out
+
+
+_CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
+
+
+def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel: bool | None) -> dict[str, Any] | None:
+    """The cost-aware schedule as trial 1: cheap stages and AMP first, AdaRound last (only if they miss).
+
+    A trial stops at the first stage that meets the target within the budget, so AdaRound, the
+    expensive stage, runs only where BN fold, CLE, the scheme and mixed precision could not get there.
+    ``None`` when the space has no such ordering.
+    """
+    ordering = next((o for o in _CHEAP_FIRST if o in orderings), None)
+    if ordering is None:
+        return None
+    params: dict[str, Any] = {"pipeline__ordering": ordering} if len(orderings) > 1 else {}
+    candidates = space.scheme.candidates.values
+    if len(candidates) > 1 and "select" in candidates:
+        params["scheme__candidate"] = "select"
+    if per_channel is None and len(space.scheme.per_channel.values) > 1:
+        params["scheme__per_channel"] = True
+    return params

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._errors import AQSearchError
 from ..quantsim import QuantSim
+from ._fidelity import could_meet
 from ._keepbest import KeepBest, Kept
 from ._pipeline import (
     Pipeline,
@@ -59,13 +60,13 @@ def prefix_context(ctx: RunContext) -> dict[str, Any]:
 
 def _score(ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False) -> tuple[float, int | None]:
     """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
-    on the full evaluation when it meets the target."""
+    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`)."""
     if known is not None and known_full:
         return known, None
     n = ctx.intermediate_num_samples
     score = ctx.evaluate(sim.model, n) if known is None else known
-    if n is not None and score >= ctx.target:
-        return ctx.evaluate(sim.model, None), None
+    if n is not None and could_meet(score, n, ctx.target, ctx.fp32_accuracy - ctx.target):
+        return ctx.evaluate(sim.model, None), None  # its confidence bound reaches the target: confirm in full
     return score, n
 
 

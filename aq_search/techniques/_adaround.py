@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from .._data import tensor_fingerprint
 from .._errors import EncodingsNotComputedError
 from ..quantsim import FakeQuantizer, QuantSim
+from ._adaround_stop import EarlyStop, check_interval
 from ._cache import TensorCache
 from ._config import TechniqueConfig, bad_argument
 from ._graph import CONV_TRANSPOSES, CONVS, LAYERS, bias_of
@@ -68,6 +69,9 @@ class AdaRoundParams(TechniqueConfig):
         learning_rate: Adam's learning rate for the rounding variables.
         batch_size: samples per iteration: output positions for a convolution, rows for a Linear
             layer (drawn at random from the cached data).
+        early_stop_patience: stop a layer's optimization after this many checks (about 40 per run,
+            after the warm start) in which the reconstruction loss of the hard rounding did not improve;
+            the best hard rounding seen is returned. 0 (AIMET's behaviour): run every iteration.
     """
 
     technique: ClassVar[str] = "adaround"
@@ -80,6 +84,7 @@ class AdaRoundParams(TechniqueConfig):
     use_quantized_inputs: bool = True
     learning_rate: float = 1e-3
     batch_size: int = 1024
+    early_stop_patience: int = 0
 
     def __post_init__(self) -> None:
         self._check_int("num_batches", 1)
@@ -89,6 +94,7 @@ class AdaRoundParams(TechniqueConfig):
         self._check_bool("use_quantized_inputs")
         self._check_float("learning_rate", 0.0, 1.0, lo_open=True)
         self._check_int("batch_size", 1)
+        self._check_int("early_stop_patience", 0)
         br = self.beta_range
         ok = (
             isinstance(br, (tuple, list))
@@ -364,6 +370,17 @@ def _optimize(
     warm = int(params.warm_start * params.num_iterations)
     lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
     channel_dim = -1 if sampler.linear else 1
+    stop: EarlyStop | None = None
+    interval = check_interval(params.num_iterations)
+    if params.early_stop_patience:
+        probe = _Sampler(module, w.shape, x, target, params.batch_size * 4, torch.Generator().manual_seed(seed + 1))
+        xc, tc = probe.sample()
+
+        def loss_of(hard: Tensor) -> float:
+            w_hard = torch.addcmul(soft.base, hard.to(soft.base.dtype), soft.slope)
+            return float((_activate(probe.forward(xc, w_hard), clamp) - tc).pow(2).mean())
+
+        stop = EarlyStop(loss_of, params.early_stop_patience)
     with torch.no_grad():
         for it in range(params.num_iterations):
             xb, tb = sampler.sample()
@@ -376,7 +393,10 @@ def _optimize(
                 grad.masked_fill_(y <= lo if hi == math.inf else (y <= lo) | (y >= hi), 0.0)
             grad_w = sampler.weight_grad(grad, xb, w_soft)
             soft.step(grad_w, params.reg_param, _beta(it, params) if it >= warm else None)
-    return soft.hard()
+            if stop is not None and it >= warm and (it + 1) % interval == 0 and stop.check(soft.hard()):
+                logger.debug("AdaRound: stopped after %d of %d iterations (no improvement)", it + 1, params.num_iterations)
+                break
+        return stop.result(soft.hard()) if stop is not None else soft.hard()
 
 
 # -- data -------------------------------------------------------------------------------------------

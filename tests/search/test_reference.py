@@ -47,7 +47,9 @@ def test_reference_trial_uses_aimet_adaround_defaults(tmp_path: Path, param_bw: 
     assert ada["num_iterations"] == iterations
     assert ada["reg_param"] == 0.01 and list(ada["beta_range"]) == [20.0, 2.0] and ada["warm_start"] == 0.2
     assert ada["num_batches"] == 6
-    assert f"adaround(it={iterations}, reg=0.01)" in trial.user_attrs["pipeline"]
+    assert f"adaround(it={iterations}, reg=0.01" in trial.user_attrs["pipeline"]
+    assert ada["early_stop_patience"] > 0  # the one AdaRound difference, stated in the records:
+    assert any("stopping early" in d for d in trial.user_attrs["reference_differences"])
     assert not any(k.startswith("adaround__") for k in trial.params), "the reference's AdaRound is not a random draw"
     diffs = " ".join(trial.user_attrs["reference_differences"])
     assert "output SQNR" in diffs
@@ -57,5 +59,6 @@ def test_reference_trial_uses_the_users_adaround_params(tmp_path: Path) -> None:
     user = AdaRoundParams(num_batches=3, num_iterations=123, reg_param=0.02, beta_range=(10.0, 3.0), warm_start=0.1)
     trial = _run(tmp_path, 4, adaround_params=user)
     assert trial.user_attrs["reference_adaround"] == {**user.to_dict(), "beta_range": [10.0, 3.0]}
-    stages = pipeline_from_dict({"stages": [{"technique": "adaround", "type": "AdaRoundParams", "config": trial.user_attrs["reference_adaround"]}]})
+    stage = {"technique": "adaround", "type": "AdaRoundParams", "config": trial.user_attrs["reference_adaround"]}
+    stages = pipeline_from_dict({"stages": [stage]})
     assert stages.stages[0].config == user

@@ -1,0 +1,35 @@
+"""Multi-fidelity: screen on a subset, confirm on the full evaluation only what can meet the target.
+
+A score measured on ``n`` samples is an estimate. For a score in ``[0, 1]`` (an accuracy: a fraction of
+samples right) its standard error is ``sqrt(s (1 - s) / n)``; the upper confidence bound
+``s + z * se`` (``z = 2``, about 97.7% one-sided) decides: a subset score whose bound reaches the
+target is confirmed with a full evaluation; one whose bound misses it is not (it cannot plausibly meet
+the target). Scores outside ``[0, 1]`` have no such bound; then the margin is the allowed drop.
+Every confirmation is a full evaluation, so a trial's value and the target check always rest on full
+scores: a subset screen never promotes a model whose full score misses.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["Z", "could_meet", "upper_bound"]
+
+#: one-sided z of the confidence bound.
+Z = 2.0
+
+
+def upper_bound(score: float, num_samples: int | None, fallback_margin: float) -> float:
+    """Upper confidence bound of a score measured on ``num_samples`` (``None``: exact)."""
+    if num_samples is None:
+        return score
+    if 0.0 <= score <= 1.0 and num_samples > 0:
+        # Wilson-style floor on the variance, so a subset scoring 1.0 or 0.0 is not taken as exact
+        p = min(max(score, 0.5 / num_samples), 1.0 - 0.5 / num_samples)
+        return score + Z * math.sqrt(p * (1.0 - p) / num_samples)
+    return score + max(fallback_margin, 0.0)
+
+
+def could_meet(score: float, num_samples: int | None, target: float, fallback_margin: float) -> bool:
+    """Whether a subset score's confidence bound reaches ``target`` (then it is worth a full evaluation)."""
+    return upper_bound(score, num_samples, fallback_margin) >= target
