@@ -756,6 +756,7 @@ class _TrialRunner:
         self.best_run: PipelineRun | None = None
         self.best_number = -1
         self.best_value = -math.inf
+        self.best_rank: tuple[bool, float] = (False, -math.inf)  # (within budget, score), as _finish ranks trials
         self.worker = worker_id()
         self._bar: Any = None
 
@@ -855,8 +856,9 @@ class _TrialRunner:
         enc_dir.mkdir(parents=True, exist_ok=True)
         run.sim.export_encodings(enc_dir / "encodings.json")
         trial.set_user_attr("encodings_path", str(enc_dir / "encodings.json"))
-        if run.score > self.best_value:
-            self.best_value, self.best_number, self.best_run = run.score, trial.number, run
+        if (run.within_budget, run.score) > self.best_rank:
+            self.best_rank, self.best_value = (run.within_budget, run.score), run.score
+            self.best_number, self.best_run = trial.number, run
         record_trial(trial, run, self.aq.results_dir, fp32_accuracy=ctx.fp32_accuracy, target_accuracy=ctx.target)
         return run.score
 
