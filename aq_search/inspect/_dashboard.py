@@ -207,6 +207,9 @@ def _note(s: StudySummary, folder: Any) -> str:
         f"| Target (FP32 - allowed drop {_fmt(s.allowed_accuracy_drop)}) | {_fmt(s.target_accuracy)} |",
         f"| Best accuracy | {_fmt(b.value) if b else 'n/a'}{f' (trial {b.number})' if b else ''} |",
         f"| Best pipeline | `{b.applied}` |" if b else "| Best pipeline | none completed |",
+        f"| Best stage | {b.best_stage_label or 'n/a'} |" if b else "| Best stage | n/a |",
+        f"| BOPs vs requested {bw} | {_fmt(b.relative_bops_requested, '.3f') if b else 'n/a'}"
+        f"{'' if not b or b.within_budget else ' (over budget)'} |",
         f"| BOPs vs all-W8A8 | {_fmt(b.relative_bops, '.3f') if b else 'n/a'} |",
         f"| Default bit-widths | {bw} |",
         f"| Trials | {len(s.trials)}: {s.count('COMPLETE')} complete, {s.count('PRUNED')} pruned, {s.count('FAIL')} failed |",

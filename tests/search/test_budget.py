@@ -50,6 +50,8 @@ def test_amp_result_over_the_budget_is_never_chosen(tmp_path: Path) -> None:
     result = _run(tmp_path / "a", search_space=_space())
     assert not result.target_met and result.within_budget
     assert result.relative_bops is not None and result.relative_bops <= 1.5 + 1e-9
+    report = (Path(result.results_dir) / "report.html").read_text()
+    assert "BOPs vs requested" in report and "Best stage" in report
     # with a budget that allows all-W16A16 (8x the BOPs of all-W4A8) the same search meets the target
     free = _run(tmp_path / "b", search_space=_space(), max_relative_bops=8.0)
     assert free.target_met and free.relative_bops == pytest.approx(8.0)
