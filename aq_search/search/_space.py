@@ -176,6 +176,8 @@ class SearchSpace:
     replay_reference: bool = True
     description: str = ""
     source: str = "<dict>"
+    #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
+    target: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The space as the plain data it was loaded from (round-trips through :func:`load_search_space`)."""
@@ -183,7 +185,9 @@ class SearchSpace:
         def param(p: ParamSpec) -> Any:
             return p.to_yaml()
 
+        extra = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
         return {
+            **extra,
             "name": self.name,
             "orderings": list(self.orderings),
             "scheme": {
@@ -232,6 +236,7 @@ _TOP_KEYS = {
     "n_startup_trials",
     "intermediate_num_samples",
     "replay_reference",
+    "target",
 }
 
 
@@ -459,6 +464,12 @@ def _parse(data: Any, source: str) -> SearchSpace:
     replay = top.get("replay_reference", True)
     if not isinstance(replay, bool):
         raise where.error("replay_reference", f"must be true or false. Got {replay!r} instead.")
+    target = top.get("target")
+    if target is not None:
+        from ..targets import TARGETS
+
+        if not isinstance(target, str) or target not in TARGETS:
+            raise where.error("target", f"must be one of {', '.join(TARGETS)}. Got {target!r} instead.")
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):
         raise where.error("name", "must be a string.")
@@ -478,6 +489,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         replay_reference=replay,
         description=str(top.get("description", "")),
         source=source,
+        target=target,
     )
     return space
 
