@@ -54,6 +54,8 @@ from .._data import as_model_args, move_to
 from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputError
 from ..quantsim import ENCODINGS_VERSION, FakeQuantizer, QuantSim
 from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
+from ._int4 import INT4_OPSET, int4_tensor, resolve_int4, uses_int4
+from ._providers import resolve_providers
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -105,6 +107,7 @@ class OnnxValidation:
         optimization_level: onnxruntime's graph optimization level used (``"all"``, ``"extended"``,
             ``"basic"`` or ``"disabled"``).
         disabled_optimizers: onnxruntime graph transformers that were switched off.
+        providers: the onnxruntime execution providers the session used, in priority order.
     """
 
     num_samples: int
@@ -116,6 +119,7 @@ class OnnxValidation:
     exact_fraction: float
     optimization_level: str
     disabled_optimizers: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     @property
     def max_error_in_quanta(self) -> float | None:
@@ -641,6 +645,7 @@ def _build(
     weights: Mapping[str, tuple[Tensor, Tensor]],
     *,
     qdq: bool,
+    int4: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, Any], int, int]:
     """The QDQ (``qdq=True``) or FP32 model from the marked base model.
 
@@ -664,6 +669,11 @@ def _build(
     def const(base_name: str, array: np.ndarray) -> str:
         name = names.new(base_name)
         new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def const4(base_name: str, array: np.ndarray, signed: bool) -> str:
+        name = names.new(base_name)
+        new_inits.append(int4_tensor(name, array, signed))
         return name
 
     def node(op: str, inputs: list[str], output: str, label: str, **attrs: Any) -> None:
@@ -695,9 +705,14 @@ def _build(
                     _, _, np_type = _storage(q)
                     ints = _weight_integers(qname, q, fq).numpy().astype(np_type)
                     scale, zp = _qparams(q, np_type)
-                    qi = const(f"{qname}_quantized", ints)
+                    if int4 and uses_int4(q):  # INT4/UINT4 (opset 21): the same integers, two per byte
+                        signed = q.quant_range[0] < 0
+                        qi = const4(f"{qname}_quantized", ints, signed)
+                        zi = const4(f"{qname}_zero_point", zp, signed)
+                    else:
+                        qi = const(f"{qname}_quantized", ints)
+                        zi = const(f"{qname}_zero_point", zp)
                     si = const(f"{qname}_scale", scale)
-                    zi = const(f"{qname}_zero_point", zp)
                     out = names.new(f"{qname}_dequantized")
                     attrs = {"axis": q.axis} if q.axis is not None else {}
                     node("DequantizeLinear", [qi, si, zi], out, f"{qname}_DequantizeLinear", **attrs)
@@ -811,6 +826,8 @@ def export_onnx(
     dynamic_batch: bool = True,
     validate: bool = True,
     validation_inputs: Any = None,
+    int4_weights: bool | None = None,
+    providers: Sequence[str] | str | None = None,
 ) -> OnnxExport:
     """Write the sim as an ONNX model with QuantizeLinear/DequantizeLinear, plus the FP32 model and encodings.
 
@@ -839,6 +856,11 @@ def export_onnx(
             weights stay float, see :attr:`OnnxExport.float_weights`).
         validation_inputs: inputs for that comparison (a batch or a list of batches, see
             :func:`validate_onnx`); default: the dummy input.
+        int4_weights: store weights of 4 bits or fewer as ONNX ``INT4``/``UINT4`` (half the bytes of
+            an ``int8`` container; needs opset 21). ``None``: whenever such weights exist and ``opset`` is
+            ``None`` or >= 21 (the opset then becomes at least 21); ``False``: ``int8`` containers at any
+            opset >= 13 (the same integers, so both files compute the same outputs).
+        providers: onnxruntime execution providers for the validation (see :func:`validate_onnx`).
 
     Returns:
         An :class:`OnnxExport` with the paths, tensor names and validation figures.
@@ -863,6 +885,9 @@ def export_onnx(
     as_model_args(dummy)
     dummy = move_to(dummy, _device(sim))
     chosen = _choose_opset(sim, opset)
+    int4 = resolve_int4(int4_weights, sim.param_quantizers, opset)
+    if int4:
+        chosen = max(chosen, INT4_OPSET)
     out_path = Path(path)
     if out_path.suffix != ".onnx":
         out_path = out_path.with_name(out_path.name + ".onnx")
@@ -881,11 +906,13 @@ def export_onnx(
                 f"Fix: use opset <= {_TORCHSCRIPT_MAX_OPSET} (needs every quantizer at 8 bits or fewer)."
             ) from err
     weights = _sim_weights(sim)
-    qdq_model, qdq_names, _, n_w, n_a = _build(base, table, quantizers, weights, qdq=True)
+    qdq_model, qdq_names, _, n_w, n_a = _build(base, table, quantizers, weights, qdq=True, int4=int4)
     fp32_model, tensor_names, encodings, _, _ = _build(base, table, quantizers, weights, qdq=False)
     for m in (qdq_model, fp32_model):
         _topo_check(m)
         m.producer_name = "aq-search"
+    if int4:
+        qdq_model.ir_version = max(qdq_model.ir_version, 10)  # INT4/UINT4 element types: IR version 10
     qdq_model = _finalize(qdq_model)
     fp32_model = _finalize(fp32_model)
     _save(qdq_model, out_path)
@@ -920,7 +947,7 @@ def export_onnx(
     if validate:
         inputs = validation_inputs if validation_inputs is not None else dummy
         off = ("WeightBiasQuantization",) if float_weights else ()
-        validation = validate_onnx(out_path, sim, inputs, disabled_optimizers=off)
+        validation = validate_onnx(out_path, sim, inputs, disabled_optimizers=off, providers=providers)
         logger.info("%s", validation)
         if validation.top1_agreement is not None and validation.top1_agreement < 0.99:
             logger.warning(
@@ -984,8 +1011,9 @@ def validate_onnx(
     batch_size: int = 64,
     optimization_level: str = "basic",
     disabled_optimizers: Sequence[str] = (),
+    providers: Sequence[str] | str | None = None,
 ) -> OnnxValidation:
-    """Run the exported model in onnxruntime (CPU) and compare its outputs with ``sim.model``'s.
+    """Run the exported model in onnxruntime and compare its outputs with ``sim.model``'s.
 
     Args:
         path: an ONNX model written by :func:`export_onnx` (the QDQ model, or the FP32 one with a float sim).
@@ -1005,6 +1033,10 @@ def validate_onnx(
             ``["WeightBiasQuantization"]``: from ``"basic"`` on, onnxruntime quantizes float weights of a
             Conv/Gemm between quantized tensors to int8 per tensor (and biases to int32), which the sim does
             not do for layers it keeps in float.
+        providers: onnxruntime execution providers in priority order (e.g. ``["CUDAExecutionProvider",
+            "CPUExecutionProvider"]``); default CPU only. ``"available"`` takes every provider this
+            onnxruntime build offers (``onnxruntime.get_available_providers()``). A provider the build
+            lacks is an error naming the available ones.
 
     Returns:
         The agreement figures (:class:`OnnxValidation`).
@@ -1034,8 +1066,9 @@ def validate_onnx(
             "The 'disabled_optimizers' parameter of validate_onnx must be a list of onnxruntime transformer names. "
             f"Got {disabled_optimizers!r} instead."
         )
+    chosen = resolve_providers(providers, ort.get_available_providers())
     session = ort.InferenceSession(
-        os.fspath(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers) or None
+        os.fspath(path), options, providers=list(chosen), disabled_optimizers=list(disabled_optimizers) or None
     )
     feeds_meta = session.get_inputs()
     fixed = feeds_meta[0].shape[0] if feeds_meta and feeds_meta[0].shape else None
@@ -1110,4 +1143,5 @@ def validate_onnx(
         exact_fraction=exact / max(1, total_n),
         optimization_level=optimization_level,
         disabled_optimizers=tuple(disabled_optimizers),
+        providers=tuple(session.get_providers()),
     )
