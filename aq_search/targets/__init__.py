@@ -4,6 +4,7 @@
 runtime runs; the rules and their public sources are in ``docs/targets.md``.
 """
 
+from ._check import TargetCheck, check_onnx
 from ._profile import TARGETS, TargetProfile, constrain_space, get_target
 
-__all__ = ["TARGETS", "TargetProfile", "constrain_space", "get_target"]
+__all__ = ["TARGETS", "TargetCheck", "TargetProfile", "check_onnx", "constrain_space", "get_target"]

@@ -42,6 +42,9 @@ class TargetProfile:
         weight_ops: ONNX op types a dequantized weight may feed (``None`` = any).
         int4_weight_ops: ONNX op types a 4-bit weight may feed (``None`` = any op in ``weight_ops``).
         per_channel: weight granularities allowed (``(True, False)``: per channel or per tensor).
+        activation_dtypes / weight_dtypes: ONNX element types (``"UINT8"``, ``"INT4"`` ...) the runtime
+            takes in an activation QuantizeLinear/DequantizeLinear pair / a weight DequantizeLinear
+            (``None`` = any).
         rule: the runtime's rule in words, quoted in error messages.
         source: where the rule is documented (URL).
     """
@@ -54,6 +57,8 @@ class TargetProfile:
     weight_ops: frozenset[str] | None = None
     int4_weight_ops: frozenset[str] | None = None
     per_channel: tuple[bool, ...] = (True, False)
+    activation_dtypes: frozenset[str] | None = None
+    weight_dtypes: frozenset[str] | None = None
     rule: str = ""
     source: str = ""
 
@@ -132,6 +137,8 @@ TARGETS: dict[str, TargetProfile] = {
         activation_symmetric=False,
         formats=("w8a8", "w8a16", "w4a8", "w4a16", "w16a16", "w8afp32", "w4afp32", "fp16", "fp32"),
         weight_ops=_WEIGHTED,
+        activation_dtypes=frozenset({"UINT8", "INT8", "UINT16", "INT16"}),
+        weight_dtypes=frozenset({"INT8", "INT4", "INT16", "UINT8", "UINT4"}),
         rule=(
             "ONNX Runtime runs QuantizeLinear/DequantizeLinear on 8-bit activations (uint8), 16-bit activations "
             "(uint16, opset 21), and 4/8/16-bit weights (int4 and int16 from opset 21); other bit-widths are only "
@@ -147,6 +154,8 @@ TARGETS: dict[str, TargetProfile] = {
         search_formats=("w8a8", "fp16", "fp32"),
         weight_ops=frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"}),
         int4_weight_ops=frozenset({"Gemm", "MatMul"}),
+        activation_dtypes=frozenset({"INT8"}),
+        weight_dtypes=frozenset({"INT8", "INT4"}),
         rule=(
             "TensorRT quantizes symmetrically only (zero point 0): INT8 activations and weights (W8A8), and 4-bit "
             "weights only as weight-only quantization (activations in float, GEMM/MatMul layers); no 4-bit or "
@@ -160,6 +169,8 @@ TARGETS: dict[str, TargetProfile] = {
         activation_symmetric=False,
         formats=("w8a8", "w8a16", "w4a8", "w4a16", "fp16"),
         weight_ops=_WEIGHTED,
+        activation_dtypes=frozenset({"UINT8", "UINT16"}),
+        weight_dtypes=frozenset({"INT8", "INT4"}),
         rule=(
             "the QNN HTP backend runs W8A8, W8A16, W4A8 and W4A16 (uint8/uint16 asymmetric activations, symmetric "
             "int8/int4 weights) and float16; other integer bit-widths and float32 are not run on HTP."
