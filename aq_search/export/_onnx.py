@@ -54,6 +54,7 @@ from .._data import as_model_args, move_to
 from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputError
 from ..quantsim import ENCODINGS_VERSION, FakeQuantizer, QuantSim
 from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
+from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, to_aimet_v1
 from ._int4 import INT4_OPSET, int4_tensor, resolve_int4, uses_int4
 from ._providers import resolve_providers
 
@@ -828,6 +829,7 @@ def export_onnx(
     validation_inputs: Any = None,
     int4_weights: bool | None = None,
     providers: Sequence[str] | str | None = None,
+    encodings_format: str = AIMET_LEGACY_VERSION,
 ) -> OnnxExport:
     """Write the sim as an ONNX model with QuantizeLinear/DequantizeLinear, plus the FP32 model and encodings.
 
@@ -861,6 +863,9 @@ def export_onnx(
             ``None`` or >= 21 (the opset then becomes at least 21); ``False``: ``int8`` containers at any
             opset >= 13 (the same integers, so both files compute the same outputs).
         providers: onnxruntime execution providers for the validation (see :func:`validate_onnx`).
+        encodings_format: AIMET's encodings layout for ``<stem>_fp32.encodings.json``: ``"0.6.1"`` (tensor
+            name -> list of ``{bitwidth, dtype, is_symmetric, max, min, offset, scale}``) or ``"1.0.0"``
+            (lists of named entries; see ``aq_search/export/_aimet.py``).
 
     Returns:
         An :class:`OnnxExport` with the paths, tensor names and validation figures.
@@ -881,6 +886,11 @@ def export_onnx(
     if not isinstance(dynamic_batch, bool):
         raise InvalidInputError(f"The 'dynamic_batch' parameter of export_onnx must be a bool. Got {dynamic_batch!r} instead.")
     _check_encodings(sim)
+    if encodings_format not in (AIMET_LEGACY_VERSION, AIMET_V1_VERSION):
+        raise InvalidInputError(
+            f"The 'encodings_format' parameter of export_onnx must be {AIMET_LEGACY_VERSION!r} or {AIMET_V1_VERSION!r} "
+            f"(AIMET's encodings layouts). Got {encodings_format!r} instead."
+        )
     dummy = sim.dummy_input if dummy_input is None else dummy_input
     as_model_args(dummy)
     dummy = move_to(dummy, _device(sim))
@@ -923,6 +933,8 @@ def export_onnx(
         **encodings,
         "quantizer_args": sim.encodings()["quantizer_args"],
     }
+    if encodings_format == AIMET_V1_VERSION:
+        data = to_aimet_v1(data)
     tmp = enc_path.with_name(enc_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, enc_path)

@@ -36,7 +36,8 @@ __all__ = ["ENCODINGS_VERSION", "QuantSim", "QuantizerOverride"]
 
 logger = logging.getLogger(__name__)
 
-ENCODINGS_VERSION = "aq_search.encodings/1"
+#: AIMET's encoding format version whose layout the encodings files follow (see ``aq_search/export/_aimet.py``).
+ENCODINGS_VERSION = "0.6.1"
 _QUANTIZER_ROOT = "activation_quantizers"
 
 
@@ -624,6 +625,8 @@ class QuantSim:
     def load_encodings(self, path: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True) -> None:
         """Load encodings written by :meth:`export_encodings`; the sim then reproduces the exported outputs.
 
+        AIMET's ``1.0.0`` list layout is read too (see :func:`aq_search.export.to_aimet_v1`).
+
         Quantizers absent from the file are disabled (the file says they were float); with
         ``strict=True`` names the sim does not know are an error.
         """
@@ -641,6 +644,10 @@ class QuantSim:
                 raise InvalidInputError(f"encodings file {where!r} is not valid JSON: {err}") from None
         if not isinstance(data, Mapping) or "activation_encodings" not in data or "param_encodings" not in data:
             raise InvalidInputError(f"{where}: not an encodings file (needs 'activation_encodings' and 'param_encodings')")
+        if isinstance(data["activation_encodings"], list) or isinstance(data["param_encodings"], list):
+            from ..export._aimet import from_aimet_v1  # AIMET 1.0.0's list layout
+
+            data = from_aimet_v1(data, where)
         act, par = data["activation_encodings"], data["param_encodings"]
         unknown = sorted(set(act) - set(self._activation)) + sorted(set(par) - set(self._param))
         if unknown and strict:
