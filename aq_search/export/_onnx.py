@@ -55,6 +55,8 @@ from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputErro
 from ..quantsim import ENCODINGS_VERSION, FakeQuantizer, QuantSim
 from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
 from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, to_aimet_v1
+from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available, dynamo_export
+from ._dynamo import marker as dynamo_marker
 from ._int4 import INT4_OPSET, int4_tensor, resolve_int4, uses_int4
 from ._providers import resolve_providers
 
@@ -161,6 +163,7 @@ class OnnxExport:
             onnxruntime's ``WeightBiasQuantization`` transformer quantizes such weights to int8 when the
             layer sits between quantized tensors; switch it off where that layer must stay float.
         validation: onnxruntime vs sim figures, when validation ran.
+        exporter: the PyTorch ONNX exporter that wrote the graph (``"dynamo"`` or ``"torchscript"``).
     """
 
     path: str
@@ -175,6 +178,7 @@ class OnnxExport:
     num_quantized_activations: int = 0
     float_weights: tuple[str, ...] = ()
     validation: OnnxValidation | None = None
+    exporter: str = "torchscript"
 
 
 # -- markers -------------------------------------------------------------------------------------------
@@ -204,6 +208,9 @@ class _MarkerModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
             return x
+        dyn = dynamo_marker(x, self.quantizer_name)  # the custom op, during a dynamo export
+        if dyn is not None:
+            return dyn
         out: Tensor = _Marker.apply(x, self.quantizer_name)
         return out
 
@@ -327,8 +334,9 @@ def _torch_export(
     output_names: list[str],
     dynamic_batch: bool,
     outputs: Any,
+    use_dynamo: bool = False,
 ) -> Any:
-    """Export ``gm`` (with markers) with the TorchScript-based exporter; returns the ONNX ModelProto."""
+    """Export ``gm`` (with markers) with the TorchScript-based or the dynamo exporter; returns the ModelProto."""
     onnx = _require_onnx()
     args, kwargs = as_model_args(dummy_input)
     flat_inputs = [t for t in [*args, *kwargs.values()] if isinstance(t, Tensor)]
@@ -342,6 +350,8 @@ def _torch_export(
         for name, t in zip(output_names, flat_outputs):
             if t.dim() > 0:
                 dynamic_axes[name] = {0: "batch"}
+    if use_dynamo:
+        return dynamo_export(gm, tuple(args), dict(kwargs), opset, input_names, output_names, dynamic_axes)
     export_args: tuple[Any, ...] = tuple(args) + ((dict(kwargs),) if kwargs else ())
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -455,7 +465,8 @@ def _export_with_markers(
     input_names: Sequence[str] | None,
     output_names: Sequence[str] | None,
     dynamic_batch: bool,
-) -> tuple[Any, dict[str, FakeQuantizer], list[str], list[str]]:
+    exporter: str = "torchscript",
+) -> tuple[Any, dict[str, FakeQuantizer], list[str], list[str], str]:
     gm, quantizers = _export_module(sim)
     args, kwargs = as_model_args(dummy_input)
     with torch.no_grad():
@@ -468,6 +479,21 @@ def _export_with_markers(
             f"export_onnx: the model takes {len(default_in)} input(s) and returns {len(default_out)} output tensor(s); "
             f"got {len(ins)} input_names and {len(outs)} output_names. Pass one name per tensor (or leave them out)."
         )
+    if exporter in ("auto", "dynamo"):
+        why = dynamo_available()
+        if why is None and opset < DYNAMO_MIN_OPSET:
+            why = f"opset {opset} was asked for; the dynamo exporter writes opset {DYNAMO_MIN_OPSET} and above"
+        if why is None:
+            try:
+                with torch.no_grad():
+                    model = _torch_export(gm, dummy_input, opset, ins, outs, dynamic_batch, outputs, use_dynamo=True)
+                return model, quantizers, ins, outs, "dynamo"
+            except Exception as err:  # noqa: BLE001 - reported, then the TorchScript exporter tries
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                why = f"the dynamo exporter failed ({type(err).__name__}: {first})"
+        if exporter == "dynamo":
+            raise OnnxExportError(f"exporter='dynamo': {why}. Fix: exporter='auto' or 'torchscript'.")
+        logger.info("ONNX export: %s; using the TorchScript exporter", why)
     try:
         with torch.no_grad():
             model = _torch_export(gm, dummy_input, opset, ins, outs, dynamic_batch, outputs)
@@ -479,7 +505,7 @@ def _export_with_markers(
             f"{min(opset, _TORCHSCRIPT_MAX_OPSET)} ({type(err).__name__}: {first}). Fix: replace that op with ops ONNX "
             "has (or a module built from them), or try another opset=."
         ) from err
-    return model, quantizers, ins, outs
+    return model, quantizers, ins, outs, "torchscript"
 
 
 # -- graph rewriting ------------------------------------------------------------------------------------
@@ -830,6 +856,7 @@ def export_onnx(
     int4_weights: bool | None = None,
     providers: Sequence[str] | str | None = None,
     encodings_format: str = AIMET_LEGACY_VERSION,
+    exporter: str = "auto",
 ) -> OnnxExport:
     """Write the sim as an ONNX model with QuantizeLinear/DequantizeLinear, plus the FP32 model and encodings.
 
@@ -849,7 +876,8 @@ def export_onnx(
         sim: a calibrated :class:`~aq_search.QuantSim` (or one with loaded encodings).
         dummy_input: one batch to trace with; ``None`` uses ``sim.dummy_input``.
         path: where the QDQ model goes; the other two files are written beside it.
-        opset: ONNX opset; ``None`` picks 17, or 21 when a quantizer has more than 8 bits.
+        opset: ONNX opset; ``None`` picks 18 (17 with the TorchScript exporter), or 21 when a quantizer has
+            more than 8 bits or a weight is written as INT4.
         input_names / output_names: graph input/output names (default: the model's argument names;
             ``"output"`` or ``"output_<i>"``).
         dynamic_batch: make the first dimension of inputs and outputs dynamic.
@@ -863,6 +891,10 @@ def export_onnx(
             ``None`` or >= 21 (the opset then becomes at least 21); ``False``: ``int8`` containers at any
             opset >= 13 (the same integers, so both files compute the same outputs).
         providers: onnxruntime execution providers for the validation (see :func:`validate_onnx`).
+        exporter: ``"auto"`` (the default): PyTorch's dynamo-based exporter (``torch.onnx.export(...,
+            dynamo=True)``, needs ``onnxscript``; opset 18 or more), falling back to the TorchScript exporter
+            when it is missing or fails (logged); ``"dynamo"``: that exporter or an error; ``"torchscript"``:
+            the TorchScript exporter (opset <= 20 written, higher opsets by conversion).
         encodings_format: AIMET's encodings layout for ``<stem>_fp32.encodings.json``: ``"0.6.1"`` (tensor
             name -> list of ``{bitwidth, dtype, is_symmetric, max, min, offset, scale}``) or ``"1.0.0"``
             (lists of named entries; see ``aq_search/export/_aimet.py``).
@@ -886,6 +918,10 @@ def export_onnx(
     if not isinstance(dynamic_batch, bool):
         raise InvalidInputError(f"The 'dynamic_batch' parameter of export_onnx must be a bool. Got {dynamic_batch!r} instead.")
     _check_encodings(sim)
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise InvalidInputError(
+            f"The 'exporter' parameter of export_onnx must be 'auto', 'dynamo' or 'torchscript'. Got {exporter!r} instead."
+        )
     if encodings_format not in (AIMET_LEGACY_VERSION, AIMET_V1_VERSION):
         raise InvalidInputError(
             f"The 'encodings_format' parameter of export_onnx must be {AIMET_LEGACY_VERSION!r} or {AIMET_V1_VERSION!r} "
@@ -898,14 +934,20 @@ def export_onnx(
     int4 = resolve_int4(int4_weights, sim.param_quantizers, opset)
     if int4:
         chosen = max(chosen, INT4_OPSET)
+    if opset is None and exporter != "torchscript" and dynamo_available() is None:
+        chosen = max(chosen, DYNAMO_MIN_OPSET)  # the dynamo exporter's lowest opset
     out_path = Path(path)
     if out_path.suffix != ".onnx":
         out_path = out_path.with_name(out_path.name + ".onnx")
     fp32_path, enc_path = _side_paths(out_path)
 
-    base, quantizers, ins, outs = _export_with_markers(sim, dummy, chosen, input_names, output_names, dynamic_batch)
+    base, quantizers, ins, outs, used = _export_with_markers(
+        sim, dummy, chosen, input_names, output_names, dynamic_batch, exporter
+    )
     table = _markers_to_identity(base)
-    if chosen > _TORCHSCRIPT_MAX_OPSET:
+    if used == "dynamo":
+        chosen = max(chosen, DYNAMO_MIN_OPSET)  # written at that opset directly
+    elif chosen > _TORCHSCRIPT_MAX_OPSET:
         from onnx import version_converter
 
         try:
@@ -978,6 +1020,7 @@ def export_onnx(
         num_quantized_activations=n_a,
         float_weights=float_weights,
         validation=validation,
+        exporter=used,
     )
 
 
