@@ -16,6 +16,7 @@ from ._onnx import (
     export_onnx,
     validate_onnx,
 )
+from ._pt2e import export_pt2e
 
 __all__ = [
     "AIMET_LEGACY_VERSION",
@@ -30,6 +31,7 @@ __all__ = [
     "OnnxValidation",
     "ResultLoadError",
     "export_onnx",
+    "export_pt2e",
     "from_aimet_v1",
     "load_result",
     "to_aimet_v1",
