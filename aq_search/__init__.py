@@ -5,7 +5,8 @@
 * :class:`QuantSim`, :func:`prepare_model`, :func:`validate_model`: fake-quantization simulation.
 * Techniques: :func:`fold_all_batch_norms`, :func:`equalize_model`, :func:`apply_adaround`,
   :func:`correct_bias`, :func:`choose_mixed_precision`.
-* Deployment: :func:`export_onnx`, :func:`validate_onnx`, :func:`load_result`.
+* Deployment: :func:`export_onnx`, :func:`validate_onnx`, :func:`load_result`; targets
+  (``AutoQuant(target="tensorrt")``, :func:`check_onnx`, :mod:`aq_search.targets`).
 
 The library logs through ``logging.getLogger("aq_search")`` and adds no handlers.
 """
@@ -54,6 +55,7 @@ from .quantsim import (
     validate_model,
 )
 from .search import AutoQuant, AutoQuantResult, Pipeline, SearchSpace, load_search_space
+from .targets import TargetCheck, TargetProfile, check_onnx
 from .techniques import (
     AdaRoundCache,
     AdaRoundParams,
@@ -97,9 +99,12 @@ __all__ = [
     "ResultLoadError",
     "SearchSpace",
     "SearchSpaceError",
+    "TargetCheck",
+    "TargetProfile",
     "__version__",
     "apply_adaround",
     "apply_mixed_precision",
+    "check_onnx",
     "choose_mixed_precision",
     "correct_bias",
     "equalize_model",

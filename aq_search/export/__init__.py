@@ -5,6 +5,7 @@
 * :func:`load_result` rebuilds the best model of a search from its results folder, bit for bit.
 """
 
+from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, from_aimet_v1, to_aimet_v1
 from ._load import RESULT_FILES, SUPPORTED_RESULTS_VERSIONS, LoadedResult, ResultLoadError, load_result
 from ._onnx import (
     DEFAULT_OPSET,
@@ -15,8 +16,11 @@ from ._onnx import (
     export_onnx,
     validate_onnx,
 )
+from ._pt2e import export_pt2e
 
 __all__ = [
+    "AIMET_LEGACY_VERSION",
+    "AIMET_V1_VERSION",
     "DEFAULT_OPSET",
     "ONNX_ENCODINGS_VERSION",
     "RESULT_FILES",
@@ -27,6 +31,9 @@ __all__ = [
     "OnnxValidation",
     "ResultLoadError",
     "export_onnx",
+    "export_pt2e",
+    "from_aimet_v1",
     "load_result",
+    "to_aimet_v1",
     "validate_onnx",
 ]

@@ -282,6 +282,7 @@ def load_result(
         default_param_bw=_bw(args.get("default_param_bw", 8)),
         default_output_bw=_bw(args.get("default_output_bw", 8)),
         per_channel=per_channel if isinstance(per_channel, bool) else True,
+        activation_symmetric=args.get("activation_symmetric", False) is True,
         leaf_modules=leaf_modules,
     )
     _load_state(sim, state, folder)

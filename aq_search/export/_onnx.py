@@ -54,6 +54,11 @@ from .._data import as_model_args, move_to
 from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputError
 from ..quantsim import ENCODINGS_VERSION, FakeQuantizer, QuantSim
 from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
+from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, to_aimet_v1
+from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available, dynamo_export
+from ._dynamo import marker as dynamo_marker
+from ._int4 import INT4_OPSET, int4_tensor, resolve_int4, uses_int4
+from ._providers import resolve_providers
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -105,6 +110,7 @@ class OnnxValidation:
         optimization_level: onnxruntime's graph optimization level used (``"all"``, ``"extended"``,
             ``"basic"`` or ``"disabled"``).
         disabled_optimizers: onnxruntime graph transformers that were switched off.
+        providers: the onnxruntime execution providers the session used, in priority order.
     """
 
     num_samples: int
@@ -116,6 +122,7 @@ class OnnxValidation:
     exact_fraction: float
     optimization_level: str
     disabled_optimizers: tuple[str, ...] = ()
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
     @property
     def max_error_in_quanta(self) -> float | None:
@@ -156,6 +163,7 @@ class OnnxExport:
             onnxruntime's ``WeightBiasQuantization`` transformer quantizes such weights to int8 when the
             layer sits between quantized tensors; switch it off where that layer must stay float.
         validation: onnxruntime vs sim figures, when validation ran.
+        exporter: the PyTorch ONNX exporter that wrote the graph (``"dynamo"`` or ``"torchscript"``).
     """
 
     path: str
@@ -170,6 +178,7 @@ class OnnxExport:
     num_quantized_activations: int = 0
     float_weights: tuple[str, ...] = ()
     validation: OnnxValidation | None = None
+    exporter: str = "torchscript"
 
 
 # -- markers -------------------------------------------------------------------------------------------
@@ -199,6 +208,9 @@ class _MarkerModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not x.is_floating_point():
             return x
+        dyn = dynamo_marker(x, self.quantizer_name)  # the custom op, during a dynamo export
+        if dyn is not None:
+            return dyn
         out: Tensor = _Marker.apply(x, self.quantizer_name)
         return out
 
@@ -322,8 +334,9 @@ def _torch_export(
     output_names: list[str],
     dynamic_batch: bool,
     outputs: Any,
+    use_dynamo: bool = False,
 ) -> Any:
-    """Export ``gm`` (with markers) with the TorchScript-based exporter; returns the ONNX ModelProto."""
+    """Export ``gm`` (with markers) with the TorchScript-based or the dynamo exporter; returns the ModelProto."""
     onnx = _require_onnx()
     args, kwargs = as_model_args(dummy_input)
     flat_inputs = [t for t in [*args, *kwargs.values()] if isinstance(t, Tensor)]
@@ -337,6 +350,8 @@ def _torch_export(
         for name, t in zip(output_names, flat_outputs):
             if t.dim() > 0:
                 dynamic_axes[name] = {0: "batch"}
+    if use_dynamo:
+        return dynamo_export(gm, tuple(args), dict(kwargs), opset, input_names, output_names, dynamic_axes)
     export_args: tuple[Any, ...] = tuple(args) + ((dict(kwargs),) if kwargs else ())
     buffer = io.BytesIO()
     with warnings.catch_warnings():
@@ -450,7 +465,8 @@ def _export_with_markers(
     input_names: Sequence[str] | None,
     output_names: Sequence[str] | None,
     dynamic_batch: bool,
-) -> tuple[Any, dict[str, FakeQuantizer], list[str], list[str]]:
+    exporter: str = "torchscript",
+) -> tuple[Any, dict[str, FakeQuantizer], list[str], list[str], str]:
     gm, quantizers = _export_module(sim)
     args, kwargs = as_model_args(dummy_input)
     with torch.no_grad():
@@ -463,6 +479,21 @@ def _export_with_markers(
             f"export_onnx: the model takes {len(default_in)} input(s) and returns {len(default_out)} output tensor(s); "
             f"got {len(ins)} input_names and {len(outs)} output_names. Pass one name per tensor (or leave them out)."
         )
+    if exporter in ("auto", "dynamo"):
+        why = dynamo_available()
+        if why is None and opset < DYNAMO_MIN_OPSET:
+            why = f"opset {opset} was asked for; the dynamo exporter writes opset {DYNAMO_MIN_OPSET} and above"
+        if why is None:
+            try:
+                with torch.no_grad():
+                    model = _torch_export(gm, dummy_input, opset, ins, outs, dynamic_batch, outputs, use_dynamo=True)
+                return model, quantizers, ins, outs, "dynamo"
+            except Exception as err:  # noqa: BLE001 - reported, then the TorchScript exporter tries
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                why = f"the dynamo exporter failed ({type(err).__name__}: {first})"
+        if exporter == "dynamo":
+            raise OnnxExportError(f"exporter='dynamo': {why}. Fix: exporter='auto' or 'torchscript'.")
+        logger.info("ONNX export: %s; using the TorchScript exporter", why)
     try:
         with torch.no_grad():
             model = _torch_export(gm, dummy_input, opset, ins, outs, dynamic_batch, outputs)
@@ -474,7 +505,7 @@ def _export_with_markers(
             f"{min(opset, _TORCHSCRIPT_MAX_OPSET)} ({type(err).__name__}: {first}). Fix: replace that op with ops ONNX "
             "has (or a module built from them), or try another opset=."
         ) from err
-    return model, quantizers, ins, outs
+    return model, quantizers, ins, outs, "torchscript"
 
 
 # -- graph rewriting ------------------------------------------------------------------------------------
@@ -641,6 +672,7 @@ def _build(
     weights: Mapping[str, tuple[Tensor, Tensor]],
     *,
     qdq: bool,
+    int4: bool = False,
 ) -> tuple[Any, dict[str, str], dict[str, Any], int, int]:
     """The QDQ (``qdq=True``) or FP32 model from the marked base model.
 
@@ -664,6 +696,11 @@ def _build(
     def const(base_name: str, array: np.ndarray) -> str:
         name = names.new(base_name)
         new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def const4(base_name: str, array: np.ndarray, signed: bool) -> str:
+        name = names.new(base_name)
+        new_inits.append(int4_tensor(name, array, signed))
         return name
 
     def node(op: str, inputs: list[str], output: str, label: str, **attrs: Any) -> None:
@@ -695,9 +732,14 @@ def _build(
                     _, _, np_type = _storage(q)
                     ints = _weight_integers(qname, q, fq).numpy().astype(np_type)
                     scale, zp = _qparams(q, np_type)
-                    qi = const(f"{qname}_quantized", ints)
+                    if int4 and uses_int4(q):  # INT4/UINT4 (opset 21): the same integers, two per byte
+                        signed = q.quant_range[0] < 0
+                        qi = const4(f"{qname}_quantized", ints, signed)
+                        zi = const4(f"{qname}_zero_point", zp, signed)
+                    else:
+                        qi = const(f"{qname}_quantized", ints)
+                        zi = const(f"{qname}_zero_point", zp)
                     si = const(f"{qname}_scale", scale)
-                    zi = const(f"{qname}_zero_point", zp)
                     out = names.new(f"{qname}_dequantized")
                     attrs = {"axis": q.axis} if q.axis is not None else {}
                     node("DequantizeLinear", [qi, si, zi], out, f"{qname}_DequantizeLinear", **attrs)
@@ -811,6 +853,10 @@ def export_onnx(
     dynamic_batch: bool = True,
     validate: bool = True,
     validation_inputs: Any = None,
+    int4_weights: bool | None = None,
+    providers: Sequence[str] | str | None = None,
+    encodings_format: str = AIMET_LEGACY_VERSION,
+    exporter: str = "auto",
 ) -> OnnxExport:
     """Write the sim as an ONNX model with QuantizeLinear/DequantizeLinear, plus the FP32 model and encodings.
 
@@ -830,7 +876,8 @@ def export_onnx(
         sim: a calibrated :class:`~aq_search.QuantSim` (or one with loaded encodings).
         dummy_input: one batch to trace with; ``None`` uses ``sim.dummy_input``.
         path: where the QDQ model goes; the other two files are written beside it.
-        opset: ONNX opset; ``None`` picks 17, or 21 when a quantizer has more than 8 bits.
+        opset: ONNX opset; ``None`` picks 18 (17 with the TorchScript exporter), or 21 when a quantizer has
+            more than 8 bits or a weight is written as INT4.
         input_names / output_names: graph input/output names (default: the model's argument names;
             ``"output"`` or ``"output_<i>"``).
         dynamic_batch: make the first dimension of inputs and outputs dynamic.
@@ -839,6 +886,18 @@ def export_onnx(
             weights stay float, see :attr:`OnnxExport.float_weights`).
         validation_inputs: inputs for that comparison (a batch or a list of batches, see
             :func:`validate_onnx`); default: the dummy input.
+        int4_weights: store weights of 4 bits or fewer as ONNX ``INT4``/``UINT4`` (half the bytes of
+            an ``int8`` container; needs opset 21). ``None``: whenever such weights exist and ``opset`` is
+            ``None`` or >= 21 (the opset then becomes at least 21); ``False``: ``int8`` containers at any
+            opset >= 13 (the same integers, so both files compute the same outputs).
+        providers: onnxruntime execution providers for the validation (see :func:`validate_onnx`).
+        exporter: ``"auto"`` (the default): PyTorch's dynamo-based exporter (``torch.onnx.export(...,
+            dynamo=True)``, needs ``onnxscript``; opset 18 or more), falling back to the TorchScript exporter
+            when it is missing or fails (logged); ``"dynamo"``: that exporter or an error; ``"torchscript"``:
+            the TorchScript exporter (opset <= 20 written, higher opsets by conversion).
+        encodings_format: AIMET's encodings layout for ``<stem>_fp32.encodings.json``: ``"0.6.1"`` (tensor
+            name -> list of ``{bitwidth, dtype, is_symmetric, max, min, offset, scale}``) or ``"1.0.0"``
+            (lists of named entries; see ``aq_search/export/_aimet.py``).
 
     Returns:
         An :class:`OnnxExport` with the paths, tensor names and validation figures.
@@ -859,18 +918,36 @@ def export_onnx(
     if not isinstance(dynamic_batch, bool):
         raise InvalidInputError(f"The 'dynamic_batch' parameter of export_onnx must be a bool. Got {dynamic_batch!r} instead.")
     _check_encodings(sim)
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise InvalidInputError(
+            f"The 'exporter' parameter of export_onnx must be 'auto', 'dynamo' or 'torchscript'. Got {exporter!r} instead."
+        )
+    if encodings_format not in (AIMET_LEGACY_VERSION, AIMET_V1_VERSION):
+        raise InvalidInputError(
+            f"The 'encodings_format' parameter of export_onnx must be {AIMET_LEGACY_VERSION!r} or {AIMET_V1_VERSION!r} "
+            f"(AIMET's encodings layouts). Got {encodings_format!r} instead."
+        )
     dummy = sim.dummy_input if dummy_input is None else dummy_input
     as_model_args(dummy)
     dummy = move_to(dummy, _device(sim))
     chosen = _choose_opset(sim, opset)
+    int4 = resolve_int4(int4_weights, sim.param_quantizers, opset)
+    if int4:
+        chosen = max(chosen, INT4_OPSET)
+    if opset is None and exporter != "torchscript" and dynamo_available() is None:
+        chosen = max(chosen, DYNAMO_MIN_OPSET)  # the dynamo exporter's lowest opset
     out_path = Path(path)
     if out_path.suffix != ".onnx":
         out_path = out_path.with_name(out_path.name + ".onnx")
     fp32_path, enc_path = _side_paths(out_path)
 
-    base, quantizers, ins, outs = _export_with_markers(sim, dummy, chosen, input_names, output_names, dynamic_batch)
+    base, quantizers, ins, outs, used = _export_with_markers(
+        sim, dummy, chosen, input_names, output_names, dynamic_batch, exporter
+    )
     table = _markers_to_identity(base)
-    if chosen > _TORCHSCRIPT_MAX_OPSET:
+    if used == "dynamo":
+        chosen = max(chosen, DYNAMO_MIN_OPSET)  # written at that opset directly
+    elif chosen > _TORCHSCRIPT_MAX_OPSET:
         from onnx import version_converter
 
         try:
@@ -881,11 +958,13 @@ def export_onnx(
                 f"Fix: use opset <= {_TORCHSCRIPT_MAX_OPSET} (needs every quantizer at 8 bits or fewer)."
             ) from err
     weights = _sim_weights(sim)
-    qdq_model, qdq_names, _, n_w, n_a = _build(base, table, quantizers, weights, qdq=True)
+    qdq_model, qdq_names, _, n_w, n_a = _build(base, table, quantizers, weights, qdq=True, int4=int4)
     fp32_model, tensor_names, encodings, _, _ = _build(base, table, quantizers, weights, qdq=False)
     for m in (qdq_model, fp32_model):
         _topo_check(m)
         m.producer_name = "aq-search"
+    if int4:
+        qdq_model.ir_version = max(qdq_model.ir_version, 10)  # INT4/UINT4 element types: IR version 10
     qdq_model = _finalize(qdq_model)
     fp32_model = _finalize(fp32_model)
     _save(qdq_model, out_path)
@@ -896,6 +975,8 @@ def export_onnx(
         **encodings,
         "quantizer_args": sim.encodings()["quantizer_args"],
     }
+    if encodings_format == AIMET_V1_VERSION:
+        data = to_aimet_v1(data)
     tmp = enc_path.with_name(enc_path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, enc_path)
@@ -920,7 +1001,7 @@ def export_onnx(
     if validate:
         inputs = validation_inputs if validation_inputs is not None else dummy
         off = ("WeightBiasQuantization",) if float_weights else ()
-        validation = validate_onnx(out_path, sim, inputs, disabled_optimizers=off)
+        validation = validate_onnx(out_path, sim, inputs, disabled_optimizers=off, providers=providers)
         logger.info("%s", validation)
         if validation.top1_agreement is not None and validation.top1_agreement < 0.99:
             logger.warning(
@@ -939,6 +1020,7 @@ def export_onnx(
         num_quantized_activations=n_a,
         float_weights=float_weights,
         validation=validation,
+        exporter=used,
     )
 
 
@@ -984,8 +1066,9 @@ def validate_onnx(
     batch_size: int = 64,
     optimization_level: str = "basic",
     disabled_optimizers: Sequence[str] = (),
+    providers: Sequence[str] | str | None = None,
 ) -> OnnxValidation:
-    """Run the exported model in onnxruntime (CPU) and compare its outputs with ``sim.model``'s.
+    """Run the exported model in onnxruntime and compare its outputs with ``sim.model``'s.
 
     Args:
         path: an ONNX model written by :func:`export_onnx` (the QDQ model, or the FP32 one with a float sim).
@@ -1005,6 +1088,10 @@ def validate_onnx(
             ``["WeightBiasQuantization"]``: from ``"basic"`` on, onnxruntime quantizes float weights of a
             Conv/Gemm between quantized tensors to int8 per tensor (and biases to int32), which the sim does
             not do for layers it keeps in float.
+        providers: onnxruntime execution providers in priority order (e.g. ``["CUDAExecutionProvider",
+            "CPUExecutionProvider"]``); default CPU only. ``"available"`` takes every provider this
+            onnxruntime build offers (``onnxruntime.get_available_providers()``). A provider the build
+            lacks is an error naming the available ones.
 
     Returns:
         The agreement figures (:class:`OnnxValidation`).
@@ -1034,8 +1121,9 @@ def validate_onnx(
             "The 'disabled_optimizers' parameter of validate_onnx must be a list of onnxruntime transformer names. "
             f"Got {disabled_optimizers!r} instead."
         )
+    chosen = resolve_providers(providers, ort.get_available_providers())
     session = ort.InferenceSession(
-        os.fspath(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled_optimizers) or None
+        os.fspath(path), options, providers=list(chosen), disabled_optimizers=list(disabled_optimizers) or None
     )
     feeds_meta = session.get_inputs()
     fixed = feeds_meta[0].shape[0] if feeds_meta and feeds_meta[0].shape else None
@@ -1110,4 +1198,5 @@ def validate_onnx(
         exact_fraction=exact / max(1, total_n),
         optimization_level=optimization_level,
         disabled_optimizers=tuple(disabled_optimizers),
+        providers=tuple(session.get_providers()),
     )

@@ -264,6 +264,8 @@ class SqnrEstimator(RangeEstimator):
         scale = torch.clamp((his - los) / (qmax - qmin), min=MIN_SCALE)
         noise = self._histogram_noise(stats.centers(), stats.hist, los, his, scale)
         best = int(torch.argmin(noise))
+        if symmetric:  # the grid [qmin, qmax] * his / qmax: its encoding is the one of [-his, his]
+            return -float(his[best]), float(his[best])
         return float(los[best]), float(his[best])
 
     def _histogram_noise(self, centers: Tensor, counts: Tensor, los: Tensor, his: Tensor, scale: Tensor) -> Tensor:

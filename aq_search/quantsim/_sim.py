@@ -36,7 +36,8 @@ __all__ = ["ENCODINGS_VERSION", "QuantSim", "QuantizerOverride"]
 
 logger = logging.getLogger(__name__)
 
-ENCODINGS_VERSION = "aq_search.encodings/1"
+#: AIMET's encoding format version whose layout the encodings files follow (see ``aq_search/export/_aimet.py``).
+ENCODINGS_VERSION = "0.6.1"
 _QUANTIZER_ROOT = "activation_quantizers"
 
 
@@ -96,7 +97,8 @@ class QuantSim:
 
     * a weight quantizer on every Conv1d/2d/3d, ConvTranspose and Linear layer (symmetric,
       per-channel by default) and on Embedding tables (per tensor), named ``"<module>.weight"``;
-    * an activation quantizer (asymmetric, per tensor) on every model input (named after the input)
+    * an activation quantizer (per tensor; asymmetric, or symmetric with ``activation_symmetric=True``)
+      on every model input (named after the input)
       and on the output of every value-changing module (named after the module): layers,
       activations, add/mul/concat/matmul/softmax/LayerNorm ... Outputs that feed only a ReLU/ReLU6 or
       a BatchNorm are fused with it (their quantizer exists but is disabled). Data movement
@@ -111,6 +113,9 @@ class QuantSim:
         percentile: the percentile for the ``"percentile"`` scheme (e.g. 99.9, 99.99).
         default_param_bw / default_output_bw: bit-widths 2..16, or ``None`` for float.
         per_channel: per-output-channel weight encodings (True) or one per tensor.
+        activation_symmetric: activation encodings on the signed grid ``[-2**(b-1), 2**(b-1) - 1]`` with
+            zero point 0 (``int8`` -128..127 at 8 bits; what TensorRT and QNN's symmetric mode run), instead of
+            the default unsigned asymmetric grid ``[0, 2**b - 1]`` (``uint8``).
         module_overrides: ``{module name or "re:<regex>": QuantizerOverride or dict}``.
         leaf_modules: module classes or names to keep whole when tracing.
 
@@ -136,6 +141,7 @@ class QuantSim:
         default_param_bw: int | None = 8,
         default_output_bw: int | None = 8,
         per_channel: bool = True,
+        activation_symmetric: bool = False,
         module_overrides: Mapping[str, QuantizerOverride | Mapping[str, Any]] | None = None,
         leaf_modules: Sequence[type[nn.Module] | str] = (),
     ) -> None:
@@ -145,6 +151,11 @@ class QuantSim:
             check_bitwidth(default_output_bw, "default_output_bw")
         if not isinstance(per_channel, bool):
             raise InvalidInputError(f"The 'per_channel' parameter must be a bool. Got {per_channel!r} instead.")
+        if not isinstance(activation_symmetric, bool):
+            raise InvalidInputError(
+                f"The 'activation_symmetric' parameter must be a bool. Got {activation_symmetric!r} instead."
+            )
+        self.activation_symmetric = activation_symmetric
         self._param_estimator = make_range_estimator(param_quant_scheme or quant_scheme, percentile)
         self._act_estimator = make_range_estimator(activation_quant_scheme or quant_scheme, percentile)
         self.default_param_bw = default_param_bw
@@ -176,6 +187,7 @@ class QuantSim:
         return FakeQuantizer(
             kind="activation",
             bitwidth=self.default_output_bw or 8,
+            symmetric=self.activation_symmetric,
             scheme=self._act_estimator,
             enabled=enabled and self.default_output_bw is not None,
         )
@@ -596,6 +608,7 @@ class QuantSim:
                 "param_quant_scheme": self._param_estimator.to_dict(),
                 "activation_quant_scheme": self._act_estimator.to_dict(),
                 "per_channel": self.per_channel,
+                "activation_symmetric": self.activation_symmetric,
                 "default_param_bw": self.default_param_bw,
                 "default_output_bw": self.default_output_bw,
             },
@@ -611,6 +624,8 @@ class QuantSim:
 
     def load_encodings(self, path: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True) -> None:
         """Load encodings written by :meth:`export_encodings`; the sim then reproduces the exported outputs.
+
+        AIMET's ``1.0.0`` list layout is read too (see :func:`aq_search.export.to_aimet_v1`).
 
         Quantizers absent from the file are disabled (the file says they were float); with
         ``strict=True`` names the sim does not know are an error.
@@ -629,6 +644,10 @@ class QuantSim:
                 raise InvalidInputError(f"encodings file {where!r} is not valid JSON: {err}") from None
         if not isinstance(data, Mapping) or "activation_encodings" not in data or "param_encodings" not in data:
             raise InvalidInputError(f"{where}: not an encodings file (needs 'activation_encodings' and 'param_encodings')")
+        if isinstance(data["activation_encodings"], list) or isinstance(data["param_encodings"], list):
+            from ..export._aimet import from_aimet_v1  # AIMET 1.0.0's list layout
+
+            data = from_aimet_v1(data, where)
         act, par = data["activation_encodings"], data["param_encodings"]
         unknown = sorted(set(act) - set(self._activation)) + sorted(set(par) - set(self._param))
         if unknown and strict:
@@ -682,6 +701,7 @@ class QuantSim:
         return (
             f"QuantSim(layers={len(self._param)}, activation_quantizers={len(self._activation)}, "
             f"param_bw={self.default_param_bw}, output_bw={self.default_output_bw}, per_channel={self.per_channel}, "
+            f"activation_symmetric={self.activation_symmetric}, "
             f"param_scheme={self._param_estimator.name}, activation_scheme={self._act_estimator.name})"
         )
 

@@ -24,6 +24,7 @@ from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
+from ..targets import TargetProfile, constrain_space, get_target
 from ._budget import Budget, check_max_relative_bops
 from ._costs import eval_equivalents, study_costs
 from ._pipeline import (
@@ -217,6 +218,11 @@ class AutoQuant:
             model over that budget never meets the target, however accurate.
         eval_size: samples in the full evaluation, so subset calls count as ``num_samples / eval_size``
             eval-equivalents in the records (``None``: each call counts as one full evaluation).
+        target: the deployment runtime, ``"generic"`` (default: no constraint), ``"onnxruntime"``,
+            ``"tensorrt"`` or ``"qnn"`` (or a :class:`~aq_search.targets.TargetProfile`); default: the
+            search space's ``target:`` key. It fixes the activation grid (TensorRT: signed symmetric
+            int8), rejects bit-widths the runtime cannot run (e.g. TensorRT W4A8) and keeps only the AMP
+            candidates it runs. Rules and sources: ``docs/targets.md``.
     """
 
     def __init__(
@@ -246,6 +252,7 @@ class AutoQuant:
         sampler_seed: int | None = None,
         max_relative_bops: float | None = None,
         eval_size: int | None = None,
+        target: str | TargetProfile | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
@@ -294,6 +301,15 @@ class AutoQuant:
         self.output_bw = output_bw
         self.results_dir = Path(results_dir)
         self.space = load_search_space(search_space)
+        #: the deployment target (:mod:`aq_search.targets`)
+        self.deployment_target = get_target(target if target is not None else self.space.target)
+        self.deployment_target.check_bitwidths(param_bw, output_bw)
+        if per_channel is not None and per_channel not in self.deployment_target.per_channel:
+            raise InvalidInputError(
+                f"target {self.deployment_target.name!r} does not run per_channel={per_channel} weights. "
+                f"Fix: per_channel={self.deployment_target.per_channel[0]}."
+            )
+        self.space = constrain_space(self.space, self.deployment_target, param_bw, output_bw)
         self.storage = storage
         self.study_name = study_name
         self.seed = seed
@@ -339,6 +355,7 @@ class AutoQuant:
         from ..amp import parse_candidates
 
         parsed = parse_candidates(candidates, who="set_mixed_precision_params")
+        self.deployment_target.check_candidates([c.name for c in parsed])
         self._amp_candidates = tuple(c.name for c in parsed)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -363,6 +380,7 @@ class AutoQuant:
             output_bw=self.output_bw,
             default_pair=pair,
             default_per_channel=self.per_channel if self.per_channel is not None else True,
+            activation_symmetric=self.deployment_target.activation_symmetric,
             forward_fn=self.forward_fn,
             intermediate_num_samples=self.space.intermediate_num_samples,
             adaround_cache=AdaRoundCache(self.results_dir / "cache" / "adaround"),
@@ -395,7 +413,8 @@ class AutoQuant:
 
     # -- the search -----------------------------------------------------------------------------
     def _default_study_name(self) -> str:
-        return f"aq-search-{type(self.model).__name__}-w{self.param_bw}a{self.output_bw}"
+        name = f"aq-search-{type(self.model).__name__}-w{self.param_bw}a{self.output_bw}"
+        return name if self.deployment_target.is_generic else f"{name}-{self.deployment_target.name}"
 
     def _storage_spec(self) -> str | os.PathLike[str] | optuna.storages.BaseStorage:
         if self.storage is not None:

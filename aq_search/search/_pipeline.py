@@ -377,6 +377,7 @@ class RunContext:
     output_bw: int
     default_pair: str = "tf_enhanced/tf_enhanced"
     default_per_channel: bool = True
+    activation_symmetric: bool = False  # the deployment target's activation grid (aq_search.targets)
     forward_fn: Callable[[nn.Module, Any], Any] | None = None
     intermediate_num_samples: int | None = None
     adaround_cache: Any = None
@@ -419,6 +420,7 @@ class RunContext:
             default_param_bw=self.param_bw,
             default_output_bw=self.output_bw,
             per_channel=per_channel,
+            activation_symmetric=self.activation_symmetric,
             leaf_modules=self.leaf_modules,
         )
         sim.compute_encodings(self.feed)

@@ -177,6 +177,8 @@ class SearchSpace:
     max_relative_bops: float = 1.5
     description: str = ""
     source: str = "<dict>"
+    #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
+    target: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The space as the plain data it was loaded from (round-trips through :func:`load_search_space`)."""
@@ -184,7 +186,9 @@ class SearchSpace:
         def param(p: ParamSpec) -> Any:
             return p.to_yaml()
 
+        extra = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
         return {
+            **extra,
             "name": self.name,
             "orderings": list(self.orderings),
             "scheme": {
@@ -235,6 +239,7 @@ _TOP_KEYS = {
     "intermediate_num_samples",
     "replay_reference",
     "max_relative_bops",
+    "target",
 }
 
 
@@ -465,6 +470,12 @@ def _parse(data: Any, source: str) -> SearchSpace:
     max_bops = top.get("max_relative_bops", 1.5)
     if isinstance(max_bops, bool) or not isinstance(max_bops, (int, float)) or not max_bops >= 1.0 or max_bops == float("inf"):
         raise where.error("max_relative_bops", f"must be a number >= 1. Got {max_bops!r} instead.")
+    target = top.get("target")
+    if target is not None:
+        from ..targets import TARGETS
+
+        if not isinstance(target, str) or target not in TARGETS:
+            raise where.error("target", f"must be one of {', '.join(TARGETS)}. Got {target!r} instead.")
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):
         raise where.error("name", "must be a string.")
@@ -485,6 +496,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         max_relative_bops=float(max_bops),
         description=str(top.get("description", "")),
         source=source,
+        target=target,
     )
     return space
 
