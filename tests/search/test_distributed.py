@@ -45,7 +45,7 @@ REPO = HERE.parent.parent
 @pytest.fixture(scope="module")
 def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("digits-model")
-    digits_case(path)  # train once, here, before workers load it
+    digits_case(path)  # the shipped weights: nothing to train; the folder stays for the workers' environment
     return path
 
 
