@@ -22,6 +22,7 @@ from ._errors import (
     InvalidInputError,
     ModelPreparationError,
     SearchSpaceError,
+    StudyMismatchError,
 )
 from ._version import __version__
 from .amp import (
@@ -97,6 +98,7 @@ __all__ = [
     "ResultLoadError",
     "SearchSpace",
     "SearchSpaceError",
+    "StudyMismatchError",
     "__version__",
     "apply_adaround",
     "apply_mixed_precision",

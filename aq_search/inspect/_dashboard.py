@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACTS_DIR",
     "DashboardServer",
+    "amp_user_attrs",
     "annotate_study",
     "artifact_store",
     "dashboard_storage",
@@ -96,6 +97,26 @@ def record_trial(
         logger.debug("recording trial %d failed", trial.number, exc_info=True)
 
 
+def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:
+    """The ``amp_*`` user attributes of a trial that ran AMP (besides ``amp_path``).
+
+    * ``amp_relative_bops``: the chosen configuration's BOPs relative to all-W8A8, 4 decimals;
+    * ``amp_accuracy``: its accuracy; ``amp_groups``: the number of quantizer groups;
+    * ``amp_lowered``: how many groups AMP lowered below their highest candidate (0 or more);
+    * ``amp_most_sensitive``: the (up to) three most sensitive moves, ``"group\u2192candidate (sensitivity)"``
+      joined by ``", "``. It is ``""`` when AMP measured no sensitivity, so lowered nothing: when every
+      group at its highest candidate already misses the target (AMP returns that configuration), or
+      when no group has a cheaper candidate. An empty value is a result, not a missing record.
+    """
+    return {
+        "amp_relative_bops": round(amp.relative_bops, 4),
+        "amp_accuracy": amp.accuracy,
+        "amp_groups": amp.n_groups,
+        "amp_lowered": sum(1 for _ in amp.lowered_groups),
+        "amp_most_sensitive": ", ".join(f"{e.group}\u2192{e.candidate} ({e.sensitivity:.3g})" for e in amp.most_sensitive(3)),
+    }
+
+
 def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float) -> None:
     folder = results_dir / "trials" / f"trial_{trial.number:04d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,14 +131,8 @@ def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32
         path.write_text(json.dumps(amp.to_dict(), indent=1), encoding="utf-8")
         files.append(path)
         trial.set_user_attr("amp_path", str(path))
-        trial.set_user_attr("amp_relative_bops", round(amp.relative_bops, 4))
-        trial.set_user_attr("amp_accuracy", amp.accuracy)
-        trial.set_user_attr("amp_groups", amp.n_groups)
-        trial.set_user_attr("amp_lowered", sum(1 for _ in amp.lowered_groups))
-        trial.set_user_attr(
-            "amp_most_sensitive",
-            ", ".join(f"{e.group}\u2192{e.candidate} ({e.sensitivity:.3g})" for e in amp.most_sensitive(3)),
-        )
+        for key, value in amp_user_attrs(amp).items():
+            trial.set_user_attr(key, value)
     if _has("matplotlib"):
         from ._plots import figure_png, plot_amp_pareto, plot_amp_sensitivity, waterfall_figure
         from ._records import stage_scores

@@ -23,6 +23,7 @@ from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
+from ._identity import check_identity, resumed_sampler_seed, study_identity
 from ._pipeline import (
     Fixed,
     Pipeline,
@@ -375,8 +376,8 @@ class AutoQuant:
             )
         return self._storage_obj
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
-        seed = self.sampler_seed if self.sampler_seed is not None else self.seed
+    def _sampler(self, n_existing_trials: int = 0) -> optuna.samplers.BaseSampler:
+        seed = resumed_sampler_seed(self.sampler_seed if self.sampler_seed is not None else self.seed, n_existing_trials)
         if self.space.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         with warnings.catch_warnings():
@@ -431,28 +432,27 @@ class AutoQuant:
             load_if_exists=True,
         )
         attrs = study.user_attrs
-        model_fp = model_fingerprint(ctx.model)
-        data_fp = data_fingerprint(ctx.calibration)
-        identity = {
-            "model_fingerprint": model_fp,
-            "data_fingerprint": data_fp,
-            "space_fingerprint": self.space.fingerprint(),
-            "param_bw": self.param_bw,
-            "output_bw": self.output_bw,
-            "allowed_accuracy_drop": allowed_drop,
-        }
+        identity = study_identity(
+            model_fingerprint=model_fingerprint(ctx.model),
+            data_fingerprint=data_fingerprint(ctx.calibration),
+            space_fingerprint=self.space.fingerprint(),
+            param_bw=self.param_bw,
+            output_bw=self.output_bw,
+            allowed_accuracy_drop=allowed_drop,
+            quant_scheme=self.quant_scheme,
+            per_channel=self.per_channel,
+            adaround_params=self._adaround_params,
+            amp_candidates=self._amp_candidates,
+            seed=self.seed,
+        )
         # identity and FP32 accuracy live in ONE attribute, so a worker starting beside another never
         # sees half of it (several set_user_attr calls are not atomic across processes)
         recorded = attrs.get(_IDENTITY_ATTR)
         if isinstance(recorded, dict):
-            changed = [k for k, v in identity.items() if recorded.get(k) != v]
-            if changed:
-                raise InvalidInputError(
-                    f"study {name!r} in {storage_label(self._storage_spec())} was run with different settings "
-                    f"({', '.join(changed)} differ); "
-                    "resuming it would mix results. Pass a new study_name, or the same model/data/space/settings."
-                )
+            check_identity(recorded, identity, study=name, storage=storage_label(self._storage_spec()))
             ctx.fp32_accuracy = float(recorded["fp32_accuracy"])
+            if study.trials:  # a resumed run: a sampler seeded as the first run's would propose its trials again
+                study.sampler = self._sampler(len(study.trials))
             logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
         else:
             ctx.fp32_accuracy = self._fp32(ctx)

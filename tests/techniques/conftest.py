@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -218,12 +217,11 @@ def make_case() -> Callable[[str], Case]:
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The digits case (trained once per session, cached in a temporary folder)."""
+def digits() -> Any:
+    """The digits case with the shipped weights: the same model on every machine."""
     from aq_search.examples.digits import digits_case
 
-    folder = os.environ.get("AQ_SEARCH_TEST_CACHE") or str(tmp_path_factory.mktemp("digits"))
-    return digits_case(folder)
+    return digits_case()
 
 
 def relative_error(reference: Tensor, value: Tensor) -> float:

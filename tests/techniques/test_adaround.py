@@ -239,13 +239,13 @@ def test_identical_request_is_a_cache_hit(make_case: Callable[[str], Case], tmp_
 
 # -- real numbers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def digits_w4(digits: Any) -> dict[str, Any]:
-    """Digits CNN, BN folded, W4A8 per-tensor: round-to-nearest vs AdaRound (500 iterations per layer, ~3 s)."""
+def digits_w4(digits: Any, aq_seed: int) -> dict[str, Any]:
+    """Shipped digits CNN, BN folded, W4A8 per-tensor: round-to-nearest vs AdaRound (500 iterations per layer, ~3 s)."""
     folded = fold_all_batch_norms(digits.model, digits.dummy_input)
     rtn = _sim(folded, digits.dummy_input, digits.calibration_batches)
     ada = _sim(folded, digits.dummy_input, digits.calibration_batches)
     params = AdaRoundParams(num_batches=2, num_iterations=500, learning_rate=1e-2)
-    apply_adaround(ada, digits.calibration_batches, params, seed=0)
+    apply_adaround(ada, digits.calibration_batches, params, seed=aq_seed)
     return {"rtn": rtn, "ada": ada, "case": digits}
 
 
@@ -253,14 +253,16 @@ def test_every_layer_reconstructs_better_than_round_to_nearest(digits_w4: dict[s
     layers = _report(digits_w4["ada"]).layers
     assert len(layers) == 6
     for r in layers:
-        # measured (lr 1e-2, 500 iterations): AdaRound error 0.40x to 0.73x of round-to-nearest's (FP32 inputs: 0.22x to 0.60x)
-        assert r.adaround_mse < 0.8 * r.rtn_mse, r
+        # measured on the shipped weights (lr 1e-2, 500 iterations, AQ_TEST_SEED 0 and 1, 1 and 2 threads): AdaRound
+        # error 0.40x to 0.78x of round-to-nearest's; a no-op AdaRound (round-to-nearest) gives 1.0x
+        assert r.adaround_mse < 0.9 * r.rtn_mse, r
 
 
 def test_w4a8_accuracy_beats_round_to_nearest(digits_w4: dict[str, Any]) -> None:
     case = digits_w4["case"]
     rtn, ada = case.eval_callback(digits_w4["rtn"].model), case.eval_callback(digits_w4["ada"].model)
-    # measured: round-to-nearest 0.75, AdaRound 0.98 (FP32 0.986)
+    # measured on the shipped weights: round-to-nearest 0.7516, AdaRound 0.985 (seed 0) and 0.989 (seed 1), 1 and
+    # 2 threads alike (FP32 0.9862); at W3A8 0.30 -> 0.92
     assert ada > rtn + 0.1, (rtn, ada)
     assert ada > 0.93
 
