@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from .._errors import InvalidInputError
+from .._side_effects import record_side_effect_error
 from ._records import AMP_FILE, AmpSummary, StudySummary, summarize_study
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ def record_trial(
     fp32_accuracy: float,
     target_accuracy: float,
 ) -> None:
-    """Attach what the dashboard shows to a finished-but-still-running trial; never raises.
+    """Attach what the dashboard shows to a finished-but-still-running trial; never raises (a failure is
+    logged and listed in the trial's ``side_effect_errors`` user attribute).
 
     * user attributes ``amp_*`` (relative BOPs, accuracy, groups lowered, most sensitive moves,
       ``amp_path``) when the trial ran AMP, and its :class:`AmpSummary` as ``trial_NNNN/amp.json``;
@@ -92,9 +94,9 @@ def record_trial(
     """
     try:
         _record_trial(trial, run, Path(results_dir), fp32_accuracy, target_accuracy)
-    except Exception as err:  # inspection must never fail a trial
-        logger.warning("could not record trial %d for the dashboard: %s: %s", trial.number, type(err).__name__, err)
+    except Exception as err:  # inspection must never fail a trial: logged and recorded on it (side_effect_errors)
         logger.debug("recording trial %d failed", trial.number, exc_info=True)
+        record_side_effect_error(trial, "recording it for the dashboard (charts, artifacts, note)", err)
 
 
 def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:

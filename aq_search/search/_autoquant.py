@@ -20,6 +20,7 @@ from torch import nn
 
 from .._data import as_model_args, data_fingerprint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
+from .._side_effects import guarded
 from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
@@ -770,10 +771,9 @@ class _TrialRunner:
         trial.set_user_attr("completed_early", run.completed_early)
         trial.set_user_attr("relative_bops", _relative_bops(run))
         trial.set_user_attr("scheme", f"{run.sim.param_quant_scheme.name}/{run.sim.activation_quant_scheme.name}")
-        enc_dir = self.aq.results_dir / "trials" / f"trial_{trial.number:04d}"
-        enc_dir.mkdir(parents=True, exist_ok=True)
-        run.sim.export_encodings(enc_dir / "encodings.json")
-        trial.set_user_attr("encodings_path", str(enc_dir / "encodings.json"))
+        enc_path = guarded(trial, "writing its encodings", lambda: _write_encodings(run.sim, self.aq.results_dir, trial.number))
+        if enc_path is not None:  # a failed write is recorded on the trial (side_effect_errors); the score stands
+            trial.set_user_attr("encodings_path", str(enc_path))
         if run.score > self.best_value:
             self.best_value, self.best_number, self.best_run = run.score, trial.number, run
         record_trial(trial, run, self.aq.results_dir, fp32_accuracy=ctx.fp32_accuracy, target_accuracy=ctx.target)
@@ -792,6 +792,14 @@ class _TrialRunner:
             study.stop()
         else:
             fail_dead_local_trials(study, self.aq._storage(), self.aq.max_retries)
+
+
+def _write_encodings(sim: QuantSim, results_dir: Path, number: int) -> Path:
+    """``results_dir/trials/trial_NNNN/encodings.json``: a trial's encodings."""
+    folder = results_dir / "trials" / f"trial_{number:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sim.export_encodings(folder / "encodings.json")
+    return folder / "encodings.json"
 
 
 def relative_bops(sim: QuantSim) -> float | None:
