@@ -18,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from .._data import as_model_args, data_fingerprint
+from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from .._side_effects import guarded
 from ..inspect import publish_study, record_trial
@@ -50,6 +50,15 @@ _TARGET_ATTR = "target_met_by"
 _IDENTITY_ATTR = "identity"
 
 
+def _as_number(value: Any) -> Any:
+    """A one-element tensor or numpy array, or a numpy scalar (``numpy.float32`` ...), as a Python number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "size", 0) == 1:
+        return value.item()  # numpy.float32/float64/int64 scalars and 0-d (or 1-element) arrays
+    return value
+
+
 class CountingEval:
     """Wraps the user's ``eval_callback(model, num_samples)``: counts calls and checks the result."""
 
@@ -69,14 +78,20 @@ class CountingEval:
         except AQSearchError:
             raise
         except Exception as err:
-            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}") from err
+            hint = ""
+            if num_samples is not None:
+                hint = (
+                    f" (it was called with num_samples={num_samples}: if the eval set has fewer samples, evaluate them all "
+                    "then, e.g. data[:num_samples], or lower the search space's intermediate_num_samples and "
+                    "amp.num_samples_for_phase_1)"
+                )
+            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}{hint}") from err
         finally:
             model.train(training)
             self.calls += 1
             self.samples += num_samples or 0
             self.seconds += time.perf_counter() - start
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
+        value = _as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EvalCallbackError(
                 f"the eval callback must return a number (higher is better). Got {type(value).__name__} {value!r} instead."
@@ -150,7 +165,10 @@ def _materialize(data_loader: Any, limit: int | None) -> list[Any]:
             break
         batches.append(batch)
     if not batches:
-        raise InvalidInputError("data_loader yielded no batches: calibration needs unlabeled data (at least one batch).")
+        raise InvalidInputError(
+            "data_loader yielded no batches: calibration needs unlabeled data (at least one batch)."
+            + exhausted_iterator_hint(data_loader)
+        )
     return batches
 
 
@@ -312,7 +330,9 @@ class AutoQuant:
             return self._ctx
         self.results_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
-        batches = _materialize(self.data_loader, self.num_calibration_batches)
+        batches = _materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
+        if self.forward_fn is None:
+            check_batch_fits(prepared, batches[0])  # labelled (x, y) batches fail here, before any search
         self._eval = CountingEval(self.eval_callback)
         from ..techniques import AdaRoundCache
 
