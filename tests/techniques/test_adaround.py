@@ -82,7 +82,6 @@ def test_soft_weight_starts_at_the_float_weight() -> None:
 
 @pytest.mark.parametrize("beta", [None, 2.0, 7.5])
 def test_manual_gradient_matches_autograd(beta: float | None) -> None:
-    torch.manual_seed(0)
     w = torch.randn(5, 7)
     grid = _grid(w, bits=3)
     w = w * 1.3  # some weights beyond the grid: stuck at the ends, no gradient
@@ -279,7 +278,6 @@ def test_labelled_batches_through_forward_fn_and_keyword_inputs() -> None:
         def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
             return self.b(torch.relu(self.a(x))) * scale
 
-    torch.manual_seed(0)
     model = Net().eval()
     xs = [torch.randn(16, 6) for _ in range(2)]
     one = torch.ones(1)
