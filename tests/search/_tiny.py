@@ -13,8 +13,9 @@ from aq_search.search import load_search_space
 
 
 def space(**overrides: Any) -> dict[str, Any]:
-    space = load_search_space("fast").to_dict()
-    space.update(
+    """The fast space cut down: two orderings, five scheme pairs, random sampling, no pruning, no reference trial."""
+    out = load_search_space("fast").to_dict()
+    out.update(
         {
             "orderings": ["bnf>scheme", "bnf>cle>scheme"],
             "sampler": "random",
@@ -23,10 +24,10 @@ def space(**overrides: Any) -> dict[str, Any]:
             "pruner": {"type": "none"},
         }
     )
-    space["scheme"]["candidates"] = ["tf/tf", "tf_enhanced/tf_enhanced", "mse/tf_enhanced", "tf_enhanced/tf", "tf/mse"]
-    space["scheme"]["per_channel"] = [True]
-    space.update(overrides)
-    return space
+    out["scheme"]["candidates"] = ["tf/tf", "tf_enhanced/tf_enhanced", "mse/tf_enhanced", "tf_enhanced/tf", "tf/mse"]
+    out["scheme"]["per_channel"] = [True]
+    out.update(overrides)
+    return out
 
 
 class Tiny:
