@@ -176,13 +176,21 @@ def test_other_layer_types(make_case: Callable[[str], Case]) -> None:
     case = make_case("conv_transpose_bn")
     sim = _sim(fold_all_batch_norms(case.model, case.dummy_input), case.dummy_input, case.batches)
     apply_adaround(sim, case.batches, AdaRoundParams(num_batches=2, num_iterations=150, learning_rate=1e-2))
-    assert all(r.adaround_mse < r.rtn_mse for r in _report(sim).layers)
+    # on random weights a layer may gain nothing (measured over AQ_TEST_SEED 0, 3, 4, 5: up1 0.998x to 1.002x of
+    # round-to-nearest's error, up2 0.48x to 0.73x; Conv1d/Linear 0.83x to 1.08x, the better of the two at most
+    # 0.88x): every layer is handled, a worse rounding is not kept, and some layer gains
+    layers = _report(sim).layers
+    assert [r.name for r in layers] == ["up1", "up2"]
+    assert all(r.kept_nearest == (r.adaround_mse > r.rtn_mse) for r in layers)
+    assert any(r.adaround_mse < 0.95 * r.rtn_mse for r in layers), layers
     model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(0, 0), nn.Linear(10, 6))
     batches = [torch.randn(4, 4, 10) for _ in range(2)]
     sim = _sim(model, batches[0], batches)
     apply_adaround(sim, batches, AdaRoundParams(num_batches=2, num_iterations=150, learning_rate=1e-2))
-    assert [r.name for r in _report(sim).layers] == ["0", "3"]
-    assert all(r.adaround_mse < r.rtn_mse for r in _report(sim).layers)
+    layers = _report(sim).layers
+    assert [r.name for r in layers] == ["0", "3"]
+    assert all(r.kept_nearest == (r.adaround_mse > r.rtn_mse) for r in layers)
+    assert any(r.adaround_mse < 0.95 * r.rtn_mse for r in layers), layers
 
 
 def test_quantized_inputs_and_forward_fn(make_case: Callable[[str], Case]) -> None:
