@@ -23,6 +23,7 @@ from ._errors import (
     InvalidInputError,
     ModelPreparationError,
     SearchSpaceError,
+    StudyMismatchError,
 )
 from ._version import __version__
 from .amp import (
@@ -99,6 +100,7 @@ __all__ = [
     "ResultLoadError",
     "SearchSpace",
     "SearchSpaceError",
+    "StudyMismatchError",
     "TargetCheck",
     "TargetProfile",
     "__version__",

@@ -15,14 +15,14 @@ from ._errors import AQSearchError
 __all__ = ["main"]
 
 
-def _demo(results_dir: str, space: str, allowed_drop: float, n_trials: int | None, seed: int) -> int:
-    """The embedded default: the full search on the digits CNN at W4A8."""
+def _demo(results_dir: str, space: str, allowed_drop: float, n_trials: int | None, seed: int, retrain: bool = False) -> int:
+    """The embedded default: the full search on the digits CNN (shipped weights, or retrained) at W4A8."""
     import time
 
     from .examples.digits import digits_case
     from .search import AutoQuant
 
-    case = digits_case(results_dir)
+    case = digits_case(results_dir, retrain=retrain)
     aq = AutoQuant(
         case.model,
         case.dummy_input,
@@ -36,7 +36,8 @@ def _demo(results_dir: str, space: str, allowed_drop: float, n_trials: int | Non
         seed=seed,
     )
     fp32 = case.eval_callback(case.model)
-    print("aq-search demo: a MobileNet-style CNN trained on scikit-learn's digits, quantized to W4A8")
+    origin = "retrained here" if retrain else "shipped weights"
+    print(f"aq-search demo: a MobileNet-style CNN trained on scikit-learn's digits ({origin}), quantized to W4A8")
     print(f"  FP32 accuracy                          {fp32:.4f}  ({len(case.split.test_x)} held-out digits)")
     print(f"  target (allowed drop {allowed_drop:g})             {fp32 - allowed_drop:.4f}")
     _, before = aq.run_inference()
@@ -87,6 +88,9 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--allowed-drop", type=float, default=0.01, help="tolerated accuracy drop (default 0.01)")
     demo.add_argument("--n-trials", type=int, default=None, help="trials to run (default: the space's max_trials)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--retrain", action="store_true", help="train the CNN here (cached in RESULTS_DIR) instead of using the shipped weights"
+    )
     add_study_commands(sub)
     dash = sub.add_parser("dashboard", help="open a results folder's study in optuna-dashboard (trials, artifacts, note)")
     dash.add_argument("results_dir", metavar="RESULTS_DIR", help="the folder given to AutoQuant(results_dir=...)")
@@ -103,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "demo":
-            return _demo(args.results_dir, args.space, args.allowed_drop, args.n_trials, args.seed)
+            return _demo(args.results_dir, args.space, args.allowed_drop, args.n_trials, args.seed, args.retrain)
         if args.command == "dashboard":
             return _dashboard(args.results_dir, args.host, args.port, args.storage)
         if args.command in ("run", "worker"):

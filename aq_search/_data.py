@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -11,7 +12,17 @@ from torch import Tensor, nn
 
 from ._errors import InvalidInputError
 
-__all__ = ["ForwardFn", "as_model_args", "data_fingerprint", "feed_batch", "iterate_batches", "move_to"]
+__all__ = [
+    "ForwardFn",
+    "as_model_args",
+    "check_batch_fits",
+    "data_fingerprint",
+    "exhausted_iterator_hint",
+    "feed_batch",
+    "is_one_shot",
+    "iterate_batches",
+    "move_to",
+]
 
 #: ``forward_fn(model, batch)`` feeds one batch to a model (the result is ignored).
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -34,10 +45,64 @@ def as_model_args(dummy_input: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
+def _max_positional(model: nn.Module) -> int | None:
+    """How many positional inputs ``model.forward`` takes (``None``: any number, or unknown)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def check_batch_fits(model: nn.Module, batch: Any) -> None:
+    """Raise :class:`InvalidInputError` when a tuple/list batch has more items than ``model`` takes inputs.
+
+    The usual cause: labelled ``(inputs, labels)`` batches from a DataLoader fed to a one-input model.
+    The message says how to fix it: a ``forward_fn`` that feeds the inputs only, or a loader without labels.
+    """
+    if not isinstance(batch, (tuple, list)):
+        return
+    limit = _max_positional(model)
+    if limit is None or len(batch) <= limit:
+        return
+    kinds = ", ".join(type(b).__name__ + (f"{list(b.shape)}" if isinstance(b, Tensor) else "") for b in batch)
+    raise InvalidInputError(
+        f"a calibration batch is a {type(batch).__name__} of {len(batch)} items ({kinds}), fed as model(*batch), but the "
+        f"model takes {limit} positional input(s). If the batches are (inputs, labels), pass "
+        "forward_fn=lambda model, batch: model(batch[0]) (AutoQuant(..., forward_fn=...), or compute_encodings(forward_fn)), "
+        "or give unlabeled batches, e.g. [x for x, _ in loader]."
+    )
+
+
 def feed_batch(model: nn.Module, batch: Any) -> Any:
-    """Run ``model`` on one batch: a tensor as ``model(x)``, a tuple/list as ``model(*x)``, a dict as ``model(**x)``."""
+    """Run ``model`` on one batch: a tensor as ``model(x)``, a tuple/list as ``model(*x)``, a dict as ``model(**x)``.
+
+    Raises:
+        InvalidInputError: the batch has more items than the model takes inputs (labelled batches?).
+    """
     args, kwargs = as_model_args(batch)
-    return model(*args, **kwargs)
+    try:
+        return model(*args, **kwargs)
+    except TypeError:
+        check_batch_fits(model, batch)  # a clear error when that is the cause
+        raise
+
+
+def is_one_shot(data: Any) -> bool:
+    """True for an iterator (a generator, ``iter(list)``, ...): it can be iterated once only."""
+    return isinstance(data, Iterator)
+
+
+def exhausted_iterator_hint(data: Any) -> str:
+    """A sentence for an error about data that yielded nothing: says so when it is a spent iterator."""
+    if not is_one_shot(data):
+        return ""
+    return (
+        f" It is an iterator ({type(data).__name__}), which can be read only once: it was probably consumed already. "
+        "Pass a list or a DataLoader, which can be iterated again."
+    )
 
 
 def iterate_batches(data: Iterable[Any], num_batches: int | None = None) -> Iterable[Any]:

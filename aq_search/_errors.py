@@ -14,6 +14,7 @@ __all__ = [
     "InvalidInputError",
     "ModelPreparationError",
     "SearchSpaceError",
+    "StudyMismatchError",
 ]
 
 
@@ -43,3 +44,7 @@ class EvalCallbackError(AQSearchError):
 
 class SearchSpaceError(AQSearchError, ValueError):
     """A search space file or dict is invalid."""
+
+
+class StudyMismatchError(InvalidInputError):
+    """A study being resumed or joined was run with other settings (the message names each one)."""

@@ -207,7 +207,7 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="aq-bench-storage-") as tmp, _postgres(args.postgres) as (pg, pg_note):
         root = Path(tmp)
-        digits_case(root / "digits-cache")  # train once before the workers load it
+        digits_case(root / "digits-cache")  # the shipped weights (nothing to train); checks the case loads
         storages: dict[str, Any] = {
             "sqlite": lambda name: f"sqlite:///{root / name}.db",
             "postgresql": (lambda name: pg) if pg else None,

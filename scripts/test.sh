@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run aq-search's checks: create or reuse a virtual environment, install torch 2.13.0 (CPU wheel)
-# pinned before the package, then ruff, mypy and pytest. Extra arguments go to pytest.
+# pinned before the package, then ruff, mypy and pytest. Extra arguments go to pytest. pytest lists the
+# skipped tests and why at the end (-rs); with CI set, a skip for want of chromium or PostgreSQL fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${AQ_VENV:-.venv}"
@@ -13,4 +14,4 @@ python -m pip install -q -e ".[dev,onnx,dashboard,notebooks,postgres,realcases]"
 python -m pip install -q --no-deps foolbox==3.3.4
 ruff check aq_search tests benchmarks
 mypy
-python -m pytest "$@"
+python -m pytest -rs "$@"

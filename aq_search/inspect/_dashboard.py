@@ -21,6 +21,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 
 from .._errors import InvalidInputError
+from .._side_effects import record_side_effect_error
 from ._records import AMP_FILE, AmpSummary, StudySummary, summarize_study
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ARTIFACTS_DIR",
     "DashboardServer",
+    "amp_user_attrs",
     "annotate_study",
     "artifact_store",
     "dashboard_storage",
@@ -82,7 +84,8 @@ def record_trial(
     fp32_accuracy: float,
     target_accuracy: float,
 ) -> None:
-    """Attach what the dashboard shows to a finished-but-still-running trial; never raises.
+    """Attach what the dashboard shows to a finished-but-still-running trial; never raises (a failure is
+    logged and listed in the trial's ``side_effect_errors`` user attribute).
 
     * user attributes ``amp_*`` (relative BOPs, accuracy, groups lowered, most sensitive moves,
       ``amp_path``) when the trial ran AMP, and its :class:`AmpSummary` as ``trial_NNNN/amp.json``;
@@ -91,9 +94,29 @@ def record_trial(
     """
     try:
         _record_trial(trial, run, Path(results_dir), fp32_accuracy, target_accuracy)
-    except Exception as err:  # inspection must never fail a trial
-        logger.warning("could not record trial %d for the dashboard: %s: %s", trial.number, type(err).__name__, err)
+    except Exception as err:  # inspection must never fail a trial: logged and recorded on it (side_effect_errors)
         logger.debug("recording trial %d failed", trial.number, exc_info=True)
+        record_side_effect_error(trial, "recording it for the dashboard (charts, artifacts, note)", err)
+
+
+def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:
+    """The ``amp_*`` user attributes of a trial that ran AMP (besides ``amp_path``).
+
+    * ``amp_relative_bops``: the chosen configuration's BOPs relative to all-W8A8, 4 decimals;
+    * ``amp_accuracy``: its accuracy; ``amp_groups``: the number of quantizer groups;
+    * ``amp_lowered``: how many groups AMP lowered below their highest candidate (0 or more);
+    * ``amp_most_sensitive``: the (up to) three most sensitive moves, ``"group\u2192candidate (sensitivity)"``
+      joined by ``", "``. It is ``""`` when AMP measured no sensitivity, so lowered nothing: when every
+      group at its highest candidate already misses the target (AMP returns that configuration), or
+      when no group has a cheaper candidate. An empty value is a result, not a missing record.
+    """
+    return {
+        "amp_relative_bops": round(amp.relative_bops, 4),
+        "amp_accuracy": amp.accuracy,
+        "amp_groups": amp.n_groups,
+        "amp_lowered": sum(1 for _ in amp.lowered_groups),
+        "amp_most_sensitive": ", ".join(f"{e.group}\u2192{e.candidate} ({e.sensitivity:.3g})" for e in amp.most_sensitive(3)),
+    }
 
 
 def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float) -> None:
@@ -110,14 +133,8 @@ def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32
         path.write_text(json.dumps(amp.to_dict(), indent=1), encoding="utf-8")
         files.append(path)
         trial.set_user_attr("amp_path", str(path))
-        trial.set_user_attr("amp_relative_bops", round(amp.relative_bops, 4))
-        trial.set_user_attr("amp_accuracy", amp.accuracy)
-        trial.set_user_attr("amp_groups", amp.n_groups)
-        trial.set_user_attr("amp_lowered", sum(1 for _ in amp.lowered_groups))
-        trial.set_user_attr(
-            "amp_most_sensitive",
-            ", ".join(f"{e.group}\u2192{e.candidate} ({e.sensitivity:.3g})" for e in amp.most_sensitive(3)),
-        )
+        for key, value in amp_user_attrs(amp).items():
+            trial.set_user_attr(key, value)
     if _has("matplotlib"):
         from ._plots import figure_png, plot_amp_pareto, plot_amp_sensitivity, waterfall_figure
         from ._records import stage_scores

@@ -17,8 +17,8 @@ import torch.fx as fx
 import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
-from .._data import feed_batch
-from .._errors import CalibrationError, EncodingsNotComputedError, InvalidInputError
+from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
+from .._errors import AQSearchError, CalibrationError, EncodingsNotComputedError, InvalidInputError
 from ._prepare import (
     BATCHNORMS,
     FUSABLE_ACTIVATIONS,
@@ -548,8 +548,12 @@ class QuantSim:
             batches = forward_fn
 
             def run(model: nn.Module) -> None:
+                fed = 0
                 for batch in batches:
                     feed_batch(model, batch)
+                    fed += 1
+                if fed == 0 and is_one_shot(batches):
+                    raise CalibrationError("the calibration batches yielded nothing." + exhausted_iterator_hint(batches))
 
         else:
             raise InvalidInputError(
@@ -559,6 +563,8 @@ class QuantSim:
         with self._calibrating(), torch.no_grad():
             try:
                 run(self.model)
+            except AQSearchError:
+                raise  # already says what is wrong and how to fix it
             except Exception as err:
                 raise CalibrationError(f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}") from err
         self._compute_activation_encodings(after_calibration=True)

@@ -19,14 +19,16 @@ import torch
 import yaml
 from torch import nn
 
-from .._data import as_model_args, data_fingerprint
+from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
+from .._side_effects import guarded
 from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
 from ._budget import Budget, check_max_relative_bops
 from ._costs import eval_equivalents, study_costs
+from ._identity import check_identity, resumed_sampler_seed, study_identity
 from ._pipeline import (
     Fixed,
     Pipeline,
@@ -55,6 +57,15 @@ _TARGET_ATTR = "target_met_by"
 _IDENTITY_ATTR = "identity"
 
 
+def _as_number(value: Any) -> Any:
+    """A one-element tensor or numpy array, or a numpy scalar (``numpy.float32`` ...), as a Python number."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "size", 0) == 1:
+        return value.item()  # numpy.float32/float64/int64 scalars and 0-d (or 1-element) arrays
+    return value
+
+
 class CountingEval:
     """Wraps the user's ``eval_callback(model, num_samples)``: counts calls and checks the result."""
 
@@ -76,15 +87,21 @@ class CountingEval:
         except AQSearchError:
             raise
         except Exception as err:
-            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}") from err
+            hint = ""
+            if num_samples is not None:
+                hint = (
+                    f" (it was called with num_samples={num_samples}: if the eval set has fewer samples, evaluate them all "
+                    "then, e.g. data[:num_samples], or lower the search space's intermediate_num_samples and "
+                    "amp.num_samples_for_phase_1)"
+                )
+            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}{hint}") from err
         finally:
             model.train(training)
             self.calls += 1
             self.samples += num_samples or 0
             self.equivalents += eval_equivalents(num_samples, self.eval_size)
             self.seconds += time.perf_counter() - start
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
+        value = _as_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EvalCallbackError(
                 f"the eval callback must return a number (higher is better). Got {type(value).__name__} {value!r} instead."
@@ -168,7 +185,10 @@ def _materialize(data_loader: Any, limit: int | None) -> list[Any]:
             break
         batches.append(batch)
     if not batches:
-        raise InvalidInputError("data_loader yielded no batches: calibration needs unlabeled data (at least one batch).")
+        raise InvalidInputError(
+            "data_loader yielded no batches: calibration needs unlabeled data (at least one batch)."
+            + exhausted_iterator_hint(data_loader)
+        )
     return batches
 
 
@@ -364,7 +384,9 @@ class AutoQuant:
             return self._ctx
         self.results_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
-        batches = _materialize(self.data_loader, self.num_calibration_batches)
+        batches = _materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
+        if self.forward_fn is None:
+            check_batch_fits(prepared, batches[0])  # labelled (x, y) batches fail here, before any search
         self._eval = CountingEval(self.eval_callback, self.eval_size)
         from ..techniques import AdaRoundCache
 
@@ -432,8 +454,8 @@ class AutoQuant:
             )
         return self._storage_obj
 
-    def _sampler(self) -> optuna.samplers.BaseSampler:
-        seed = self.sampler_seed if self.sampler_seed is not None else self.seed
+    def _sampler(self, n_existing_trials: int = 0) -> optuna.samplers.BaseSampler:
+        seed = resumed_sampler_seed(self.sampler_seed if self.sampler_seed is not None else self.seed, n_existing_trials)
         if self.space.sampler == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         with warnings.catch_warnings():
@@ -480,28 +502,29 @@ class AutoQuant:
             load_if_exists=True,
         )
         attrs = study.user_attrs
-        model_fp = model_fingerprint(ctx.model)
-        data_fp = data_fingerprint(ctx.calibration)
-        identity = {
-            "model_fingerprint": model_fp,
-            "data_fingerprint": data_fp,
-            "space_fingerprint": self.space.fingerprint(),
-            "param_bw": self.param_bw,
-            "output_bw": self.output_bw,
-            "allowed_accuracy_drop": allowed_drop,
-        }
+        identity = study_identity(
+            model_fingerprint=model_fingerprint(ctx.model),
+            data_fingerprint=data_fingerprint(ctx.calibration),
+            space_fingerprint=self.space.fingerprint(),
+            param_bw=self.param_bw,
+            output_bw=self.output_bw,
+            allowed_accuracy_drop=allowed_drop,
+            quant_scheme=self.quant_scheme,
+            per_channel=self.per_channel,
+            adaround_params=self._adaround_params,
+            amp_candidates=self._amp_candidates,
+            seed=self.seed,
+            target=self.deployment_target.name,
+            max_relative_bops=self.budget.max_relative_bops,
+        )
         # identity and FP32 accuracy live in ONE attribute, so a worker starting beside another never
         # sees half of it (several set_user_attr calls are not atomic across processes)
         recorded = attrs.get(_IDENTITY_ATTR)
         if isinstance(recorded, dict):
-            changed = [k for k, v in identity.items() if recorded.get(k) != v]
-            if changed:
-                raise InvalidInputError(
-                    f"study {name!r} in {storage_label(self._storage_spec())} was run with different settings "
-                    f"({', '.join(changed)} differ); "
-                    "resuming it would mix results. Pass a new study_name, or the same model/data/space/settings."
-                )
+            check_identity(recorded, identity, study=name, storage=storage_label(self._storage_spec()))
             ctx.fp32_accuracy = float(recorded["fp32_accuracy"])
+            if study.trials:  # a resumed run: a sampler seeded as the first run's would propose its trials again
+                study.sampler = self._sampler(len(study.trials))
             logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
         else:
             ctx.fp32_accuracy = self._fp32(ctx)
@@ -871,10 +894,9 @@ class _TrialRunner:
         trial.set_user_attr("relative_bops_requested", None if relative is None else round(relative, 4))
         trial.set_user_attr("within_budget", run.within_budget)
         trial.set_user_attr("scheme", f"{run.sim.param_quant_scheme.name}/{run.sim.activation_quant_scheme.name}")
-        enc_dir = self.aq.results_dir / "trials" / f"trial_{trial.number:04d}"
-        enc_dir.mkdir(parents=True, exist_ok=True)
-        run.sim.export_encodings(enc_dir / "encodings.json")
-        trial.set_user_attr("encodings_path", str(enc_dir / "encodings.json"))
+        enc_path = guarded(trial, "writing its encodings", lambda: _write_encodings(run.sim, self.aq.results_dir, trial.number))
+        if enc_path is not None:  # a failed write is recorded on the trial (side_effect_errors); the score stands
+            trial.set_user_attr("encodings_path", str(enc_path))
         if (run.within_budget, run.score) > self.best_rank:
             self.best_rank, self.best_value = (run.within_budget, run.score), run.score
             self.best_number, self.best_run = trial.number, run
@@ -895,6 +917,14 @@ class _TrialRunner:
             study.stop()
         else:
             fail_dead_local_trials(study, self.aq._storage(), self.aq.max_retries)
+
+
+def _write_encodings(sim: QuantSim, results_dir: Path, number: int) -> Path:
+    """``results_dir/trials/trial_NNNN/encodings.json``: a trial's encodings."""
+    folder = results_dir / "trials" / f"trial_{number:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sim.export_encodings(folder / "encodings.json")
+    return folder / "encodings.json"
 
 
 def relative_bops(sim: QuantSim) -> float | None:

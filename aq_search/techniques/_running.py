@@ -9,7 +9,7 @@ from typing import Any
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .._data import as_model_args, iterate_batches
+from .._data import as_model_args, exhausted_iterator_hint, iterate_batches
 from .._errors import CalibrationError, InvalidInputError
 from ..quantsim import QuantSim
 from ._config import bad_argument
@@ -43,6 +43,7 @@ def materialize_batches(data_loader: Iterable[Any] | None, num_batches: int, who
     if not batches:
         raise InvalidInputError(
             f"The 'data_loader' parameter of {who} yielded no batches. Pass a non-empty data loader of calibration batches."
+            + exhausted_iterator_hint(data_loader)
         )
     return batches
 

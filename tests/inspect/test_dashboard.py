@@ -19,7 +19,10 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 
 from aq_search import AutoQuantResult, InvalidInputError
 from aq_search._cli import main
-from aq_search.inspect import dashboard_storage, study_note
+from aq_search.inspect import AmpSummary, dashboard_storage, study_note
+from aq_search.inspect._dashboard import amp_user_attrs
+
+from .conftest import synthetic_amp
 
 optuna_dashboard = pytest.importorskip("optuna_dashboard")
 
@@ -44,7 +47,32 @@ def test_trials_carry_artifacts_and_amp_attributes(digits_result: AutoQuantResul
             assert {"amp_pareto.png", "amp_sensitivity.png", "amp.json"} <= set(metas)
             assert 0 < t.user_attrs["amp_relative_bops"] <= 1
             assert t.user_attrs["amp_groups"] >= t.user_attrs["amp_lowered"] >= 0
-            assert "\u2192" in t.user_attrs["amp_most_sensitive"]
+            # empty when AMP measured no sensitivity (it lowered nothing); else up to three "group→candidate" moves
+            sensitive = t.user_attrs["amp_most_sensitive"]
+            assert isinstance(sensitive, str)
+            if t.user_attrs["amp_lowered"] > 0:
+                assert 1 <= sensitive.count("\u2192") <= 3, sensitive
+            assert sensitive == "" or sensitive.count("\u2192") == len(sensitive.split(", ")), sensitive
+
+
+def test_amp_most_sensitive_is_empty_exactly_when_amp_measured_nothing() -> None:
+    measured = amp_user_attrs(synthetic_amp())
+    assert measured["amp_lowered"] == 2 and measured["amp_groups"] == 4 and measured["amp_relative_bops"] == 0.7
+    assert measured["amp_most_sensitive"] == "a\u2192w4a8 (0.048), c\u2192w4a8 (0.018), b\u2192w4a8 (0.001)"
+    # every group at its highest candidate missed the target: AMP returned it, lowering nothing, measuring nothing
+    data = synthetic_amp().to_dict()
+    data.update(
+        accuracy=0.93,
+        baseline_accuracy=0.93,
+        relative_bops=1.0,
+        group_config={g: "w8a8" for g in "abcd"},
+        sensitivity=[],
+        pareto=[[1.0, 0.93, []]],
+        evaluated=[[1.0, 0.93, []]],
+    )
+    nothing = amp_user_attrs(AmpSummary.from_dict(data))
+    assert nothing["amp_lowered"] == 0 and nothing["amp_most_sensitive"] == ""
+    assert nothing["amp_groups"] == 4 and nothing["amp_relative_bops"] == 1.0
 
 
 def test_study_note_and_custom_plots(digits_result: AutoQuantResult) -> None:

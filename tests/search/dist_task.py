@@ -1,8 +1,8 @@
 """The task the multi-worker tests run (loaded by path: ``tests/search/dist_task.py:build``).
 
 The digits case at W4A8 with a quick space (short AdaRound), heartbeats every second. Environment
-variables shape a worker for the tests, without touching the scores:
-``AQ_TEST_DIGITS_CACHE`` (the trained model), ``AQ_TEST_EVAL_SLEEP`` (seconds added to every eval
+variables shape a worker for the tests, without touching the scores: ``AQ_TEST_DIGITS_CACHE`` (a folder
+for the case; the weights ship with the package), ``AQ_TEST_EVAL_SLEEP`` (seconds added to every eval
 call, so trials last long enough to be caught mid-way) and ``AQ_TEST_HANG_DIR`` (the worker hangs in
 its first intermediate evaluation, after writing ``<dir>/<pid>``: a worker stuck mid-trial, to be
 killed by the test).
@@ -17,7 +17,11 @@ from torch import nn
 from aq_search.examples.digits import digits_case
 from aq_search.search import load_search_space
 
-DROP = 0.01
+# The target sits between what the enqueued bad trials and the reference recipe (trial 0) score, with a
+# margin both ways, so the run meets it by construction, not by luck. Measured on the shipped weights
+# (FP32 0.9862): trial 0 0.9862; BAD_PARAMS 0.9335 to 0.9410. With DROP 0.025 the target is 0.9612:
+# trial 0 meets it by 0.025, every bad trial misses it by 0.02 or more.
+DROP = 0.025
 
 
 def quick_space() -> dict[str, Any]:

@@ -45,7 +45,7 @@ REPO = HERE.parent.parent
 @pytest.fixture(scope="module")
 def digits_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("digits-model")
-    digits_case(path)  # train once, here, before workers load it
+    digits_case(path)  # the shipped weights: nothing to train; the folder stays for the workers' environment
     return path
 
 
@@ -250,10 +250,16 @@ def single_process_best(digits_cache: Path, tmp_path_factory: pytest.TempPathFac
     tmp = tmp_path_factory.mktemp("single")
     workers = Workers(tmp, f"sqlite:///{tmp / 'single.db'}", digits_cache)
     proc = workers.start("single", "run")
-    assert proc.wait(timeout=300) == 0, workers.output("single")
+    # rc 1 only says the target was missed: judge the study, which says by how much and what ran
+    assert proc.wait(timeout=300) in (0, 1), workers.output("single")
     study = optuna.load_study(study_name="dist", storage=workers.storage)
+    target = float(study.user_attrs["target_accuracy"])
+    scores = [(t.number, t.value) for t in study.trials if t.value is not None]
+    assert "target_met_by" in study.user_attrs, f"no trial met the target {target:.4f}: {scores}"
     best = study.trials[int(study.user_attrs["target_met_by"])]
-    assert best.value is not None and best.value >= study.user_attrs["target_accuracy"]
+    assert best.value is not None and best.value >= target
+    # the design of the kill tests below: the reference recipe (trial 0) meets the target by construction
+    assert best.number == 0 and study.trials[0].user_attrs.get("reference_recipe") is True, scores
     return float(best.value)
 
 

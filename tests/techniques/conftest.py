@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -184,12 +183,13 @@ def _images(shape: tuple[int, ...], n: int, seed: int) -> list[Tensor]:
     return [torch.randn(*shape, generator=g) for _ in range(n)]
 
 
-def _build(name: str) -> Case:
-    torch.manual_seed(0)
+def _build(name: str, seed: int = 0) -> Case:
+    """The fixture model ``name``: weights, BatchNorm statistics and batches drawn from ``seed`` (AQ_TEST_SEED)."""
+    torch.manual_seed(seed)
     if name == "multi_input":
-        g = torch.Generator().manual_seed(1)
+        g = torch.Generator().manual_seed(seed + 1)
         batches: list[Any] = [(torch.randn(8, 3, 8, 8, generator=g), torch.randn(8, 5, generator=g)) for _ in range(3)]
-        return Case(name, randomize_batchnorms(MultiInput()), batches[0], batches)
+        return Case(name, randomize_batchnorms(MultiInput(), seed), batches[0], batches)
     spec: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
         "conv_bn": (ConvBN, (8, 3, 10, 10)),
         "residual": (Residual, (8, 3, 8, 8)),
@@ -200,30 +200,29 @@ def _build(name: str) -> Case:
         "bn_first": (BNFirst, (8, 3, 10, 10)),
     }
     factory, shape = spec[name]
-    images = _images(shape, 3, seed=1)
-    return Case(name, randomize_batchnorms(factory()), images[0], images)
+    images = _images(shape, 3, seed=seed + 1)
+    return Case(name, randomize_batchnorms(factory(), seed), images[0], images)
 
 
 CASES = ("conv_bn", "residual", "depthwise", "grouped", "linear_bn", "multi_input", "conv_transpose_bn", "bn_first")
 
 
 @pytest.fixture(params=CASES)
-def case(request: pytest.FixtureRequest) -> Case:
-    return _build(str(request.param))
+def case(request: pytest.FixtureRequest, aq_seed: int) -> Case:
+    return _build(str(request.param), aq_seed)
 
 
 @pytest.fixture
-def make_case() -> Callable[[str], Case]:
-    return _build
+def make_case(aq_seed: int) -> Callable[[str], Case]:
+    return lambda name: _build(name, aq_seed)
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The digits case (trained once per session, cached in a temporary folder)."""
+def digits() -> Any:
+    """The digits case with the shipped weights: the same model on every machine."""
     from aq_search.examples.digits import digits_case
 
-    folder = os.environ.get("AQ_SEARCH_TEST_CACHE") or str(tmp_path_factory.mktemp("digits"))
-    return digits_case(folder)
+    return digits_case()
 
 
 def relative_error(reference: Tensor, value: Tensor) -> float:

@@ -82,7 +82,6 @@ def test_soft_weight_starts_at_the_float_weight() -> None:
 
 @pytest.mark.parametrize("beta", [None, 2.0, 7.5])
 def test_manual_gradient_matches_autograd(beta: float | None) -> None:
-    torch.manual_seed(0)
     w = torch.randn(5, 7)
     grid = _grid(w, bits=3)
     w = w * 1.3  # some weights beyond the grid: stuck at the ends, no gradient
@@ -177,13 +176,21 @@ def test_other_layer_types(make_case: Callable[[str], Case]) -> None:
     case = make_case("conv_transpose_bn")
     sim = _sim(fold_all_batch_norms(case.model, case.dummy_input), case.dummy_input, case.batches)
     apply_adaround(sim, case.batches, AdaRoundParams(num_batches=2, num_iterations=150, learning_rate=1e-2))
-    assert all(r.adaround_mse < r.rtn_mse for r in _report(sim).layers)
+    # on random weights a layer may gain nothing (measured over AQ_TEST_SEED 0, 3, 4, 5: up1 0.998x to 1.002x of
+    # round-to-nearest's error, up2 0.48x to 0.73x; Conv1d/Linear 0.83x to 1.08x, the better of the two at most
+    # 0.88x): every layer is handled, a worse rounding is not kept, and some layer gains
+    layers = _report(sim).layers
+    assert [r.name for r in layers] == ["up1", "up2"]
+    assert all(r.kept_nearest == (r.adaround_mse > r.rtn_mse) for r in layers)
+    assert any(r.adaround_mse < 0.95 * r.rtn_mse for r in layers), layers
     model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(0, 0), nn.Linear(10, 6))
     batches = [torch.randn(4, 4, 10) for _ in range(2)]
     sim = _sim(model, batches[0], batches)
     apply_adaround(sim, batches, AdaRoundParams(num_batches=2, num_iterations=150, learning_rate=1e-2))
-    assert [r.name for r in _report(sim).layers] == ["0", "3"]
-    assert all(r.adaround_mse < r.rtn_mse for r in _report(sim).layers)
+    layers = _report(sim).layers
+    assert [r.name for r in layers] == ["0", "3"]
+    assert all(r.kept_nearest == (r.adaround_mse > r.rtn_mse) for r in layers)
+    assert any(r.adaround_mse < 0.95 * r.rtn_mse for r in layers), layers
 
 
 def test_quantized_inputs_and_forward_fn(make_case: Callable[[str], Case]) -> None:
@@ -239,13 +246,13 @@ def test_identical_request_is_a_cache_hit(make_case: Callable[[str], Case], tmp_
 
 # -- real numbers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def digits_w4(digits: Any) -> dict[str, Any]:
-    """Digits CNN, BN folded, W4A8 per-tensor: round-to-nearest vs AdaRound (500 iterations per layer, ~3 s)."""
+def digits_w4(digits: Any, aq_seed: int) -> dict[str, Any]:
+    """Shipped digits CNN, BN folded, W4A8 per-tensor: round-to-nearest vs AdaRound (500 iterations per layer, ~3 s)."""
     folded = fold_all_batch_norms(digits.model, digits.dummy_input)
     rtn = _sim(folded, digits.dummy_input, digits.calibration_batches)
     ada = _sim(folded, digits.dummy_input, digits.calibration_batches)
     params = AdaRoundParams(num_batches=2, num_iterations=500, learning_rate=1e-2)
-    apply_adaround(ada, digits.calibration_batches, params, seed=0)
+    apply_adaround(ada, digits.calibration_batches, params, seed=aq_seed)
     return {"rtn": rtn, "ada": ada, "case": digits}
 
 
@@ -253,14 +260,16 @@ def test_every_layer_reconstructs_better_than_round_to_nearest(digits_w4: dict[s
     layers = _report(digits_w4["ada"]).layers
     assert len(layers) == 6
     for r in layers:
-        # measured (lr 1e-2, 500 iterations): AdaRound error 0.40x to 0.73x of round-to-nearest's (FP32 inputs: 0.22x to 0.60x)
-        assert r.adaround_mse < 0.8 * r.rtn_mse, r
+        # measured on the shipped weights (lr 1e-2, 500 iterations, AQ_TEST_SEED 0 and 1, 1 and 2 threads): AdaRound
+        # error 0.40x to 0.78x of round-to-nearest's; a no-op AdaRound (round-to-nearest) gives 1.0x
+        assert r.adaround_mse < 0.9 * r.rtn_mse, r
 
 
 def test_w4a8_accuracy_beats_round_to_nearest(digits_w4: dict[str, Any]) -> None:
     case = digits_w4["case"]
     rtn, ada = case.eval_callback(digits_w4["rtn"].model), case.eval_callback(digits_w4["ada"].model)
-    # measured: round-to-nearest 0.75, AdaRound 0.98 (FP32 0.986)
+    # measured on the shipped weights: round-to-nearest 0.7516, AdaRound 0.985 (seed 0) and 0.989 (seed 1), 1 and
+    # 2 threads alike (FP32 0.9862); at W3A8 0.30 -> 0.92
     assert ada > rtn + 0.1, (rtn, ada)
     assert ada > 0.93
 
@@ -277,7 +286,6 @@ def test_labelled_batches_through_forward_fn_and_keyword_inputs() -> None:
         def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
             return self.b(torch.relu(self.a(x))) * scale
 
-    torch.manual_seed(0)
     model = Net().eval()
     xs = [torch.randn(16, 6) for _ in range(2)]
     one = torch.ones(1)
