@@ -19,6 +19,7 @@ from torch import nn
 
 from .._data import feed_batch
 from .._errors import CalibrationError, EncodingsNotComputedError, InvalidInputError
+from ._placement import apply_static_placement, watch_masks
 from ._prepare import (
     BATCHNORMS,
     FUSABLE_ACTIVATIONS,
@@ -161,7 +162,10 @@ class QuantSim:
         self._param: dict[str, FakeQuantizer] = {}
         self._output_of: dict[str, list[str]] = {}
         self._input_names: list[str] = []
+        #: Activation quantizers the transformer-aware placement left in float, with the reason.
+        self.unquantized: dict[str, str] = {}
         self._insert_quantizers()
+        apply_static_placement(self)
         if module_overrides:
             self.apply_overrides(module_overrides)
         self.model.eval()
@@ -544,7 +548,7 @@ class QuantSim:
                 "compute_encodings needs a callable forward_fn(model) that runs calibration batches through the "
                 f"model (or a re-iterable of batches). Got {type(forward_fn).__name__} instead."
             )
-        with self._calibrating(), torch.no_grad():
+        with self._calibrating(), torch.no_grad(), watch_masks(self):
             try:
                 run(self.model)
             except Exception as err:
