@@ -1,6 +1,6 @@
 """Transformer-aware quantizer placement: which activations a deployment runtime keeps in float.
 
-QuantSim first puts a quantizer on every value-changing op's output (see :class:`QuantSim`). Three
+QuantSim first puts a quantizer on every value-changing op's output (see :class:`QuantSim`). Four
 rules then leave some of them in float, the way ONNX Runtime's and TensorRT's transformer (BERT) QDQ
 placements do; docs/transformers.md gives each rule with its public source.
 
@@ -10,7 +10,13 @@ placements do; docs/transformers.md gives each rule with its public source.
    computes these outside the quantized path.
 2. **GEMM -> GELU**: a Linear whose only consumer is a GELU has no quantizer between the two; both
    runtimes fuse GEMM + bias + GELU and quantize the GELU output only.
-3. **Huge constant masks and biases** (found during calibration): an add / sub / ``where`` one of whose
+3. **Residual add + LayerNorm** (``SkipLayerNormalization``): the sum of a residual add that feeds a
+   LayerNorm, and the Linear output added into it, stay in float; the LayerNorm output (the next
+   GEMMs' input) is quantized. Both runtimes fuse residual add + LayerNorm into one float kernel
+   (ONNX Runtime ``SkipLayerNormalization``, TensorRT ``skipLayerNormPlugin``) and dequantize the GEMM
+   output into it; an 8-bit range over BERT's residual stream, whose outliers are tens of times its
+   typical values, costs most of the W8A8 error (Bondarenko et al., 2021).
+4. **Huge constant masks and biases** (found during calibration): an add / sub / ``where`` one of whose
    operands holds values of magnitude >= :data:`MASK_MAGNITUDE` that are all one constant (``-1e4``,
    ``finfo.min``, ``-inf``: a mask fill value) gets no output quantizer, and that operand's own
    quantizer is removed too. An 8-bit range spanning the mask would swallow the scores it is added
@@ -91,7 +97,7 @@ def _data_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def apply_static_placement(sim: QuantSim) -> None:
-    """Rules 1 and 2 (see the module docstring): decided from the graph alone."""
+    """Rules 1 to 3 (see the module docstring): decided from the graph alone."""
     gm = sim.model
     data = _data_nodes(gm)
     for qnode in _quantizer_nodes(gm):
@@ -108,6 +114,33 @@ def apply_static_placement(sim: QuantSim) -> None:
                 consumer = gm.get_submodule(str(users[0].target))
                 if isinstance(consumer, _GELU_TYPES):
                     _disable(sim, name, "Linear fused with the following GELU: only the GELU output is quantized")
+    _skip_layer_norm(sim)
+
+
+def _skip_layer_norm(sim: QuantSim) -> None:
+    gm = sim.model
+    by_name = {n.meta["aq_quantizer"]: n for n in _quantizer_nodes(gm)}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)), nn.LayerNorm):
+            continue
+        found: list[str] = []
+        for arg in node.all_input_nodes:
+            sim._walk_to_quantizer(arg, found, set())
+        for name in found:
+            add = by_name[name].args[0]
+            if not isinstance(add, fx.Node) or add.op != "call_module":
+                continue
+            if not isinstance(gm.get_submodule(str(add.target)), _ops.Add):
+                continue
+            _disable(sim, name, f"residual add fused with LayerNorm {node.target!r} (SkipLayerNormalization)")
+            operands: list[str] = []
+            for operand in add.all_input_nodes:
+                sim._walk_to_quantizer(operand, operands, set())
+            for operand_name in operands:
+                producer = by_name[operand_name].args[0]
+                if isinstance(producer, fx.Node) and producer.op == "call_module":
+                    if isinstance(gm.get_submodule(str(producer.target)), nn.Linear):
+                        _disable(sim, operand_name, f"GEMM output added into the residual of LayerNorm {node.target!r}")
 
 
 def _is_mask_candidate(module: nn.Module) -> bool:
@@ -140,7 +173,7 @@ class _OperandStats:
 
 @contextmanager
 def watch_masks(sim: QuantSim) -> Iterator[None]:
-    """During calibration, watch add/sub/where operands; afterwards apply rule 3.
+    """During calibration, watch add/sub/where operands; afterwards apply rule 4.
 
     The rule is applied only when the body finished without raising.
     """
