@@ -36,7 +36,15 @@ from torch.utils import _pytree as pytree
 
 from .._data import as_model_args
 
-__all__ = ["ExportCapture", "attention_fill", "causal_fill", "capture_with_export", "install_module", "repeat_kv_like"]
+__all__ = [
+    "ExportCapture",
+    "attention_fill",
+    "capture_with_export",
+    "causal_fill",
+    "install_module",
+    "is_conv1d_gemm",
+    "repeat_kv_like",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +245,32 @@ def _export(model: nn.Module, dummy_input: Any) -> fx.GraphModule:
     return gm
 
 
+def is_conv1d_gemm(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D``: a Linear with its weight stored transposed (``x @ W + b``)."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(weight, nn.Parameter)
+        and weight.dim() == 2
+        and isinstance(getattr(module, "nf", None), int)
+    )
+
+
+def _as_standard(module: nn.Module) -> nn.Module:
+    """A Conv1D becomes the ``nn.Linear`` it computes (weight transposed) so it gets a weight quantizer."""
+    if not is_conv1d_gemm(module):
+        return module
+    weight = module.weight
+    bias = getattr(module, "bias", None)
+    assert isinstance(weight, Tensor)
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight.detach().t())
+        if bias is not None:
+            linear.bias.copy_(bias.detach())
+    return linear
+
+
 # -- rolling standard layers back into modules ---------------------------------------------------------
 def _stack_paths(node: fx.Node) -> list[str]:
     stack = node.meta.get("nn_module_stack") or {}
@@ -292,7 +326,7 @@ def _reroll(
             logger.debug("not rolling %s back into a module: %d inputs, %d outputs", path, len(inputs), len(outputs))
             continue
         out = outputs[0]
-        install_module(gm, path, original.get_submodule(path))
+        install_module(gm, path, _as_standard(original.get_submodule(path)))
         with gm.graph.inserting_after(out):
             call = gm.graph.call_module(path, (inputs[0],))
         call.meta = dict(out.meta)

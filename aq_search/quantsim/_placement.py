@@ -138,9 +138,12 @@ def _skip_layer_norm(sim: QuantSim) -> None:
                 sim._walk_to_quantizer(operand, operands, set())
             for operand_name in operands:
                 producer = by_name[operand_name].args[0]
-                if isinstance(producer, fx.Node) and producer.op == "call_module":
-                    if isinstance(gm.get_submodule(str(producer.target)), nn.Linear):
-                        _disable(sim, operand_name, f"GEMM output added into the residual of LayerNorm {node.target!r}")
+                if (
+                    isinstance(producer, fx.Node)
+                    and producer.op == "call_module"
+                    and isinstance(gm.get_submodule(str(producer.target)), nn.Linear)
+                ):
+                    _disable(sim, operand_name, f"GEMM output added into the residual of LayerNorm {node.target!r}")
 
 
 def _is_mask_candidate(module: nn.Module) -> bool:

@@ -27,7 +27,7 @@ from torch.utils import _pytree as pytree
 from .._data import as_model_args
 from .._errors import InvalidInputError, ModelPreparationError
 from . import _ops
-from ._capture import capture_with_export, install_module, is_data_movement_target
+from ._capture import capture_with_export, install_module, is_conv1d_gemm, is_data_movement_target
 
 __all__ = [
     "PreparationReport",
@@ -934,6 +934,8 @@ def _capture(
     def is_leaf(m: nn.Module, path: str) -> bool:
         if path in names or (bool(types) and isinstance(m, types)) or isinstance(m, _KNOWN_LEAVES):
             return True
+        if is_conv1d_gemm(m):
+            return True
         home = type(m).__module__
         return home.startswith(("torch.nn", "torch.ao.nn", "aq_search.")) and not isinstance(m, nn.Sequential)
 
@@ -965,7 +967,9 @@ def _prepare(
     model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]
 ) -> tuple[fx.GraphModule, PreparationReport]:
     module = _check_model(model)
-    reference = check_dummy_input(module, dummy_input)
+    # Hugging Face models: the prepared model runs with use_cache=False, so is the reference
+    uses_cache = bool(getattr(getattr(module, "config", None), "use_cache", False))
+    reference = check_dummy_input(_without_cache(module) if uses_cache else module, dummy_input)
     if is_prepared(module):
         assert isinstance(module, fx.GraphModule)
         gm = copy.deepcopy(module)
