@@ -25,6 +25,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
 from .._data import as_model_args
+from .._device import check_same_device
 from .._errors import InvalidInputError, ModelPreparationError
 from . import _ops
 from ._capture import capture_with_export, install_module, is_conv1d_gemm, is_data_movement_target
@@ -336,6 +337,7 @@ def _run(model: nn.Module, dummy_input: Any) -> Any:
 def check_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
     """Run the model once; a clear error when it rejects ``dummy_input``. Returns the output."""
     _check_required_args(model, dummy_input)
+    check_same_device(model, dummy_input)
     training = model.training
     model.eval()
     try:

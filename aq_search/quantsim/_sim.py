@@ -18,6 +18,7 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from .._data import feed_batch
+from .._device import check_same_device
 from .._errors import CalibrationError, EncodingsNotComputedError, InvalidInputError
 from ._placement import apply_static_placement, watch_masks
 from ._prepare import (
@@ -540,7 +541,9 @@ class QuantSim:
             batches = forward_fn
 
             def run(model: nn.Module) -> None:
-                for batch in batches:
+                for i, batch in enumerate(batches):
+                    if i == 0:
+                        check_same_device(model, batch, "the first calibration batch")
                     feed_batch(model, batch)
 
         else:
@@ -551,6 +554,8 @@ class QuantSim:
         with self._calibrating(), torch.no_grad(), watch_masks(self):
             try:
                 run(self.model)
+            except InvalidInputError:
+                raise
             except Exception as err:
                 raise CalibrationError(f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}") from err
         self._compute_activation_encodings(after_calibration=True)
