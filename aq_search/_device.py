@@ -15,10 +15,10 @@ __all__ = ["check_same_device", "model_device"]
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or buffer); None for a model without tensors."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 
