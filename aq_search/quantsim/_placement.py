@@ -137,9 +137,11 @@ def _skip_layer_norm(sim: QuantSim) -> None:
             for operand in add.all_input_nodes:
                 sim._walk_to_quantizer(operand, operands, set())
             for operand_name in operands:
-                producer = by_name[operand_name].args[0]
+                qnode = by_name[operand_name]
+                producer = qnode.args[0]
                 if (
-                    isinstance(producer, fx.Node)
+                    len(qnode.users) == 1  # it feeds only the residual add (a GEMM input keeps its quantizer)
+                    and isinstance(producer, fx.Node)
                     and producer.op == "call_module"
                     and isinstance(gm.get_submodule(str(producer.target)), nn.Linear)
                 ):
