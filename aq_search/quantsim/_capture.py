@@ -24,7 +24,7 @@ import inspect
 import logging
 import math
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -453,7 +453,3 @@ def capture_with_export(
 def is_data_movement_target(target: Any) -> bool:
     """True for the ATen ops and helper functions of an exported graph that only move values."""
     return target in ATEN_DATA_MOVEMENT or target in DATA_MOVEMENT_HELPERS
-
-
-def unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
