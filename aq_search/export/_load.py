@@ -14,6 +14,7 @@ The folder written by :meth:`aq_search.AutoQuant.optimize` (``<results_dir>/best
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -27,6 +28,8 @@ import torch.fx as fx
 import yaml
 from torch import nn
 
+from .._data import move_to
+from .._device import model_device
 from .._errors import AQSearchError, InvalidInputError
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._range import make_range_estimator
@@ -209,6 +212,7 @@ def load_result(
     dummy_input: Any = None,
     *,
     leaf_modules: Sequence[type[nn.Module] | str] = (),
+    map_location: str | torch.device | None = None,
 ) -> LoadedResult:
     """Rebuild the best quantized model of a search from its results folder, without searching again.
 
@@ -224,6 +228,8 @@ def load_result(
         dummy_input: one batch as the model takes it; ``None`` builds float zeros of the shapes
             recorded in ``summary.json``.
         leaf_modules: the ``leaf_modules`` the search was run with, if any.
+        map_location: the device to rebuild on (``"cuda"``, ``"cpu"`` ...); default: the model's device.
+            Weights, roundings and the dummy input go there; the given model is not moved (a copy is).
 
     Returns:
         A :class:`LoadedResult` (``sim``, ``model``, ``pipeline``, ``summary``).
@@ -246,12 +252,15 @@ def load_result(
             "The 'model' parameter of load_result must be the FP32 torch.nn.Module the search ran on. "
             f"Got {type(model).__name__} instead."
         )
+    device = torch.device(map_location) if map_location is not None else (model_device(model) or torch.device("cpu"))
+    if model_device(model) not in (None, device):
+        model = copy.deepcopy(model).to(device)
     pipeline = _read_pipeline(folder / "pipeline.yaml")
     encodings = _read_json(folder / "encodings.json")
     if not isinstance(encodings, Mapping) or not isinstance(encodings.get("quantizer_args", {}), Mapping):
         raise ResultLoadError(f"{os.fspath(folder / 'encodings.json')!r} is not an encodings file.")
     try:
-        state = torch.load(folder / "model_state.pt", map_location="cpu", weights_only=True)
+        state = torch.load(folder / "model_state.pt", map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several types for damaged or unsafe files
         raise ResultLoadError(
             f"cannot read {os.fspath(folder / 'model_state.pt')!r} as a plain state dict ({type(err).__name__}: {err}). "
@@ -268,7 +277,7 @@ def load_result(
             f"the search ran with leaf_modules={recorded}, load_result got {given or '()'}; pass the same leaf_modules= "
             "so the model is traced the same way."
         )
-    dummy = _default_dummy(summary) if dummy_input is None else dummy_input
+    dummy = move_to(_default_dummy(summary) if dummy_input is None else dummy_input, device)
 
     prepared = prepare_model(model, dummy, leaf_modules=leaf_modules)
     structured = _apply_model_stages(prepared, dummy, pipeline)

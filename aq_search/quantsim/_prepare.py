@@ -25,8 +25,10 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils import _pytree as pytree
 
 from .._data import as_model_args
+from .._device import check_same_device
 from .._errors import InvalidInputError, ModelPreparationError
 from . import _ops
+from ._capture import capture_with_export, install_module, is_conv1d_gemm, is_data_movement_target
 
 __all__ = [
     "PreparationReport",
@@ -269,6 +271,8 @@ class PreparationReport:
     input_names: tuple[str, ...] = ()
     num_weight_layers: int = 0
     num_quantizable_ops: int = 0
+    #: ``"torch.export"`` or ``"torch.fx"``: the capture front end that produced the graph.
+    front_end: str = ""
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -285,6 +289,8 @@ class PreparationReport:
 
     def __str__(self) -> str:
         lines = [f"model preparation: {len(self.changes)} change(s), {len(self.problems)} finding(s)"]
+        if self.front_end:
+            lines.append(f"  captured with {self.front_end}")
         lines += [f"  changed: {c}" for c in self.changes]
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
@@ -294,6 +300,7 @@ class PreparationReport:
 class _State:
     changes: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    front_end: str = ""
 
 
 class _Tracer(fx.Tracer):
@@ -329,6 +336,8 @@ def _run(model: nn.Module, dummy_input: Any) -> Any:
 
 def check_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
     """Run the model once; a clear error when it rejects ``dummy_input``. Returns the output."""
+    _check_required_args(model, dummy_input)
+    check_same_device(model, dummy_input)
     training = model.training
     model.eval()
     try:
@@ -344,6 +353,33 @@ def check_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
         ) from err
     finally:
         model.train(training)
+
+
+def _check_required_args(model: nn.Module, dummy_input: Any) -> None:
+    """Name the forward arguments without a default that ``dummy_input`` does not supply."""
+    args, kwargs = as_model_args(dummy_input)
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_POSITIONAL for p in params) and args:
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    supplied = {p.name for p in positional[: len(args)]} | set(kwargs)
+    missing = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is inspect.Parameter.empty
+        and p.name not in supplied
+    ]
+    if missing:
+        given = f"{len(args)} positional input(s)" + (f" and keyword(s) {sorted(kwargs)}" if kwargs else "")
+        raise InvalidInputError(
+            f"{type(model).__name__}.forward needs argument(s) {missing} that dummy_input does not supply "
+            f"(it gives {given}). Fix: pass them in dummy_input, e.g. as a dict "
+            f"{{{', '.join(repr(m) + ': ...' for m in missing)}}} merged with the other inputs."
+        )
 
 
 def _concrete_args(model: nn.Module, dummy_input: Any) -> dict[str, Any]:
@@ -664,26 +700,19 @@ def _functional_module(node: fx.Node) -> tuple[nn.Module, list[Any], str] | None
 
 def _is_data_movement(node: fx.Node) -> bool:
     if node.op == "call_function":
-        return node.target in _DATA_MOVEMENT_FUNCTIONS or getattr(node.target, "__name__", "") == "_assert_is_none"
+        return (
+            node.target in _DATA_MOVEMENT_FUNCTIONS
+            or is_data_movement_target(node.target)
+            or getattr(node.target, "__name__", "") == "_assert_is_none"
+        )
     if node.op == "call_method":
         return str(node.target) in _DATA_MOVEMENT_METHODS
     return False
 
 
 def _install_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
-    """Put ``module`` at ``path``, keeping any children the placeholder module there already had."""
-    parent_path, _, attr = path.rpartition(".")
-    parent = gm.get_submodule(parent_path) if parent_path else gm
-    old = getattr(parent, attr, None)
-    if isinstance(old, nn.Module):
-        for child_name, child in old.named_children():
-            module.add_module(child_name, child)
-    if attr in parent._modules:
-        parent._modules[attr] = module
-    else:
-        if hasattr(parent, attr):
-            delattr(parent, attr)
-        parent.add_module(attr, module)
+    """Put ``module`` at ``path`` (creating missing parents), keeping the children of what was there."""
+    install_module(gm, path, module)
 
 
 def _owner_path(gm: fx.GraphModule, param_nodes: list[Any], taken: set[str]) -> str | None:
@@ -825,6 +854,8 @@ def _survey(gm: fx.GraphModule, state: _State) -> tuple[int, int]:
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
+        if str(node.target) == "_guards_fn":  # torch.export's input-shape guards
+            continue
         module = gm.get_submodule(str(node.target))
         if isinstance(module, WEIGHT_LAYERS):
             weight_layers += 1
@@ -865,19 +896,8 @@ def _outputs_close(a: Any, b: Any) -> tuple[bool, float]:
     return True, worst
 
 
-def _prepare(
-    model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]
-) -> tuple[fx.GraphModule, PreparationReport]:
-    module = _check_model(model)
-    reference = check_dummy_input(module, dummy_input)
-    state = _State()
-    if is_prepared(module):
-        assert isinstance(module, fx.GraphModule)
-        gm = copy.deepcopy(module)
-        report = gm.meta[_META_KEY]["report"]
-        return gm, report
-    work = copy.deepcopy(module).eval()
-    gm = _trace(work, dummy_input, leaf_modules)
+def _finish(gm: fx.GraphModule, dummy_input: Any, reference: Any, state: _State) -> None:
+    """Shapes, functional ops -> modules, and the check that the graph computes the model's function."""
     gm.eval()
     propagate_shapes(gm, dummy_input)
     _convert_functionals(gm, state)
@@ -886,10 +906,78 @@ def _prepare(
     same, diff = _outputs_close(reference, _run(gm, dummy_input))
     if not same:
         raise ModelPreparationError(
-            f"The traced model computes a different function than the original (max abs difference {diff:.3g}). "
-            "The model probably has control flow that torch.fx cannot capture (for example on tensor values or "
+            f"The captured model computes a different function than the original (max abs difference {diff:.3g}). "
+            "The model probably has control flow the capture cannot follow (for example on tensor values or "
             "on self.training). Fix: pass leaf_modules=[...] naming the module with that control flow."
         )
+
+
+def _without_cache(model: nn.Module) -> nn.Module:
+    """A copy in eval mode; Hugging Face models get ``config.use_cache = False`` (no KV-cache outputs)."""
+    work = copy.deepcopy(model).eval()
+    config = getattr(work, "config", None)
+    if config is not None and getattr(config, "use_cache", False):
+        config.use_cache = False
+    return work
+
+
+def _short(err: BaseException, limit: int = 600) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    text = text.split("\n\nFor more information", 1)[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _capture(
+    module: nn.Module, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str], reference: Any
+) -> tuple[fx.GraphModule, _State]:
+    """torch.export first, torch.fx symbolic tracing when export (or the graph it gives) fails."""
+    types, names = _leaf_spec(leaf_modules)
+
+    def is_leaf(m: nn.Module, path: str) -> bool:
+        if path in names or (bool(types) and isinstance(m, types)) or isinstance(m, _KNOWN_LEAVES):
+            return True
+        if is_conv1d_gemm(m):
+            return True
+        home = type(m).__module__
+        return home.startswith(("torch.nn", "torch.ao.nn", "aq_search.")) and not isinstance(m, nn.Sequential)
+
+    try:
+        captured = capture_with_export(_without_cache(module), dummy_input, is_leaf)
+        state = _State(front_end="torch.export")
+        _finish(captured.graph_module, dummy_input, reference, state)
+        state.problems.append(Problem("info", "<model>", "captured with torch.export"))
+        return captured.graph_module, state
+    except Exception as err:  # noqa: BLE001 - any export failure falls back to fx and is reported
+        export_error = _short(err)
+        logger.debug("torch.export could not capture the model, trying torch.fx: %s", export_error)
+    state = _State(front_end="torch.fx")
+    try:
+        gm = _trace(_without_cache(module), dummy_input, leaf_modules)
+        _finish(gm, dummy_input, reference, state)
+    except ModelPreparationError as err:
+        raise ModelPreparationError(
+            f"Neither capture front end could capture the model. torch.export failed with {export_error} "
+            f"torch.fx failed with: {err}"
+        ) from err
+    state.problems.append(
+        Problem("info", "<model>", f"captured with torch.fx symbolic tracing; torch.export failed with {export_error}")
+    )
+    return gm, state
+
+
+def _prepare(
+    model: object, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]
+) -> tuple[fx.GraphModule, PreparationReport]:
+    module = _check_model(model)
+    # Hugging Face models: the prepared model runs with use_cache=False, so is the reference
+    uses_cache = bool(getattr(getattr(module, "config", None), "use_cache", False))
+    reference = check_dummy_input(_without_cache(module) if uses_cache else module, dummy_input)
+    if is_prepared(module):
+        assert isinstance(module, fx.GraphModule)
+        gm = copy.deepcopy(module)
+        report = gm.meta[_META_KEY]["report"]
+        return gm, report
+    gm, state = _capture(module, dummy_input, leaf_modules, reference)
     weight_layers, quantizable = _survey(gm, state)
     input_names = tuple(str(n.target) for n in gm.graph.nodes if n.op == "placeholder")
     if weight_layers == 0 and quantizable == 0:
@@ -901,7 +989,9 @@ def _prepare(
                 "pass the model that does the work (not a wrapper whose forward hides it from tracing)",
             )
         )
-    report = PreparationReport(tuple(state.changes), tuple(state.problems), input_names, weight_layers, quantizable)
+    report = PreparationReport(
+        tuple(state.changes), tuple(state.problems), input_names, weight_layers, quantizable, state.front_end
+    )
     gm.meta[_META_KEY] = {"report": report}
     return gm, report
 

@@ -91,11 +91,11 @@ class RangeStats:
             if hi <= lo:
                 hi = lo + max(abs(lo) * 1e-6, 1e-8)
             self.lo, self.hi = lo, hi
-            self.hist = torch.histc(x, bins=self.num_bins, min=lo, max=hi).double()
+            self.hist = torch.histc(x, bins=self.num_bins, min=lo, max=hi).double().cpu()  # stats live on the CPU
             return
         if bmin < self.lo or bmax > self.hi:
             self._widen(min(bmin, self.lo), max(bmax, self.hi))
-        self.hist += torch.histc(x, bins=self.num_bins, min=self.lo, max=self.hi).double()
+        self.hist += torch.histc(x, bins=self.num_bins, min=self.lo, max=self.hi).double().cpu()
 
     def _widen(self, lo: float, hi: float) -> None:
         assert self.hist is not None
@@ -297,9 +297,10 @@ class SqnrEstimator(RangeEstimator):
             base_lo = c.amin(1).clamp(max=0.0)
             base_hi = c.amax(1).clamp(min=0.0)
         steps = 16
-        coarse = torch.arange(1, steps + 1, dtype=torch.float32) / steps
+        coarse = torch.arange(1, steps + 1, dtype=torch.float32, device=c.device) / steps
         best_f, best_noise = self._best_fraction(c, base_lo, base_hi, coarse.expand(c.shape[0], steps), qmin, qmax, symmetric)
-        offsets = (torch.arange(-steps // 2, steps // 2 + 1, dtype=torch.float32) / (steps * steps // 2))[None, :]
+        span = torch.arange(-steps // 2, steps // 2 + 1, dtype=torch.float32, device=c.device)
+        offsets = (span / (steps * steps // 2))[None, :]
         fine = torch.clamp(best_f[:, None] + offsets, min=1.0 / (steps * steps), max=1.0)
         fine_f, fine_noise = self._best_fraction(c, base_lo, base_hi, fine, qmin, qmax, symmetric)
         f = torch.where(fine_noise < best_noise, fine_f, best_f)
@@ -308,8 +309,8 @@ class SqnrEstimator(RangeEstimator):
     def _best_fraction(
         self, c: Tensor, base_lo: Tensor, base_hi: Tensor, fracs: Tensor, qmin: int, qmax: int, symmetric: bool
     ) -> tuple[Tensor, Tensor]:
-        best_noise = torch.full((c.shape[0],), math.inf)
-        best_f = torch.ones(c.shape[0])
+        best_noise = torch.full((c.shape[0],), math.inf, device=c.device)
+        best_f = torch.ones(c.shape[0], device=c.device)
         for k in range(fracs.shape[1]):
             f = fracs[:, k]
             lo, hi = base_lo * f, base_hi * f

@@ -18,7 +18,9 @@ import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
 from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
+from .._device import check_same_device
 from .._errors import AQSearchError, CalibrationError, EncodingsNotComputedError, InvalidInputError
+from ._placement import apply_static_placement, watch_masks
 from ._prepare import (
     BATCHNORMS,
     FUSABLE_ACTIVATIONS,
@@ -172,7 +174,10 @@ class QuantSim:
         self._param: dict[str, FakeQuantizer] = {}
         self._output_of: dict[str, list[str]] = {}
         self._input_names: list[str] = []
+        #: Activation quantizers the transformer-aware placement left in float, with the reason.
+        self.unquantized: dict[str, str] = {}
         self._insert_quantizers()
+        apply_static_placement(self)
         if module_overrides:
             self.apply_overrides(module_overrides)
         self.model.eval()
@@ -550,6 +555,8 @@ class QuantSim:
             def run(model: nn.Module) -> None:
                 fed = 0
                 for batch in batches:
+                    if fed == 0:
+                        check_same_device(model, batch, "the first calibration batch")
                     feed_batch(model, batch)
                     fed += 1
                 if fed == 0 and is_one_shot(batches):
@@ -560,7 +567,7 @@ class QuantSim:
                 "compute_encodings needs a callable forward_fn(model) that runs calibration batches through the "
                 f"model (or a re-iterable of batches). Got {type(forward_fn).__name__} instead."
             )
-        with self._calibrating(), torch.no_grad():
+        with self._calibrating(), torch.no_grad(), watch_masks(self):
             try:
                 run(self.model)
             except AQSearchError:

@@ -502,6 +502,8 @@ def _adaround_layer(
     stored = cache.get(key) if cache is not None else None
     rounding = stored.get("rounding") if stored is not None else None
     hit = rounding is not None and tuple(rounding.shape) == tuple(w.shape)
+    if rounding is not None:
+        rounding = rounding.to(w.device)  # the cache stores (and loads) on the CPU
     if not hit:
         rounding = _optimize(module, w, x_opt, target, quantizer, clamp, params, seed)
         if cache is not None:
@@ -521,7 +523,7 @@ def _adaround_layer(
         )
         ratio = w / grid.scale
         rounding = (torch.round(ratio) - torch.floor(ratio)).to(torch.uint8)
-    quantizer.rounding = rounding.to(torch.uint8)
+    quantizer.rounding = rounding.to(device=w.device, dtype=torch.uint8)
     quantizer.frozen = True
     seconds = time.perf_counter() - start
     logger.debug("AdaRound %s: mse %.3g -> %.3g (%s, %.2fs)", name, rtn_mse, ada_mse, "cached" if hit else "optimized", seconds)
