@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from ._amp import MixedPrecisionResult
+    from ._types import MixedPrecisionResult
 
 __all__ = ["plot_pareto"]
 

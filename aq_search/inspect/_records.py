@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .._errors import InvalidInputError
-from ..amp._amp import ParetoPoint, SensitivityEntry
+from ..amp._types import ParetoPoint, SensitivityEntry
 
 if TYPE_CHECKING:
     from ..amp import MixedPrecisionResult
