@@ -44,8 +44,6 @@ from ._limits import budget_limit, first_within, input_assignment, kept_input
 from ._search import _pareto, _Search
 from ._state import GroupPrecisions
 from ._types import (
-    PHASE1_METRICS,
-    PHASE2_SEARCHES,
     EvalCallback,
     MixedPrecisionConfig,
     MixedPrecisionResult,
@@ -53,18 +51,7 @@ from ._types import (
     SensitivityEntry,
 )
 
-__all__ = [
-    "PHASE1_METRICS",
-    "PHASE2_SEARCHES",
-    "EvalCallback",
-    "MixedPrecisionConfig",
-    "MixedPrecisionResult",
-    "ParetoPoint",
-    "SensitivityEntry",
-    "apply_mixed_precision",
-    "choose_mixed_precision",
-    "set_mixed_precision",
-]
+__all__ = ["apply_mixed_precision", "choose_mixed_precision", "set_mixed_precision"]
 
 logger = logging.getLogger(__name__)
 

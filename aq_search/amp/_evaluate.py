@@ -13,6 +13,7 @@ from torch.utils import _pytree as pytree
 
 from .._data import feed_batch
 from .._errors import CalibrationError, EvalCallbackError, InvalidInputError
+from .._numerics import signal_and_noise
 from ..quantsim import QuantSim
 from ._candidates import Candidate
 from ._types import (
@@ -129,8 +130,7 @@ def _noise_ratio(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> floa
         raise CalibrationError(
             "forward_fn ran a different number of batches from one call to the next; it must be deterministic."
         )
-    noise = sum(float((o - r).pow(2).sum()) for r, o in zip(reference, outputs))
-    signal = sum(float(r.pow(2).sum()) for r in reference)
+    signal, noise = signal_and_noise(reference, outputs)
     return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .._numerics import pareto_front
 from ..quantsim import QuantSim
 from ._candidates import Candidate, parse_candidate
 from ._cost import CostTable
@@ -229,10 +230,4 @@ class _Search:
 
 
 def _pareto(points: Sequence[ParetoPoint]) -> tuple[ParetoPoint, ...]:
-    front: list[ParetoPoint] = []
-    best = -math.inf
-    for p in sorted(points, key=lambda p: (p.relative_cost, -p.accuracy)):
-        if p.accuracy > best:
-            front.append(p)
-            best = p.accuracy
-    return tuple(reversed(front))
+    return tuple(reversed(pareto_front(points, key=lambda p: (p.relative_cost, p.accuracy))))

@@ -27,7 +27,7 @@ import torch.fx as fx
 import yaml
 from torch import nn
 
-from .._errors import AQSearchError, InvalidInputError
+from .._errors import InvalidInputError, ResultLoadError
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._range import make_range_estimator
 
@@ -46,10 +46,6 @@ RESULT_FILES = ("summary.json", "pipeline.yaml", "model_state.pt", "encodings.js
 #: ``results_version`` values this aq-search reads (``summary.json``).
 SUPPORTED_RESULTS_VERSIONS = (1,)
 _ROUNDING_SUFFIX = ".parametrizations.weight.0.rounding"
-
-
-class ResultLoadError(AQSearchError, ValueError):
-    """A results folder cannot be loaded: files missing, an incompatible version, or another model."""
 
 
 @dataclass(frozen=True)

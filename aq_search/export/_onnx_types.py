@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import AQSearchError
+from .._errors import OnnxExportError
 from ..quantsim import ENCODINGS_VERSION
 
 #: Opset used when every quantizer has 8 bits or fewer.
@@ -24,10 +24,6 @@ ONNX_ENCODINGS_VERSION = ENCODINGS_VERSION
 
 _MARKER_DOMAIN = "aq_export"
 _MARKER_PREFIX = "aq_export_marker_"
-
-
-class OnnxExportError(AQSearchError):
-    """The model cannot be written as ONNX (an op ONNX cannot express, a missing package ...)."""
 
 
 # -- results ---------------------------------------------------------------------------------------------

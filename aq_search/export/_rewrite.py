@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._numerics import channel_shape
 from ..quantsim import FakeQuantizer, QuantSim
 from ._int4 import int4_tensor, uses_int4
 from ._onnx_types import (
@@ -84,9 +85,8 @@ def _qparams(q: FakeQuantizer, np_type: type[np.generic]) -> tuple[np.ndarray, n
 def _weight_integers(name: str, q: FakeQuantizer, fq: Tensor) -> Tensor:
     """The integers behind the sim's fake-quantized weight ``fq``, checked to dequantize to it exactly."""
     assert q.scale is not None and q.zero_point is not None
-    shape = [1] * fq.dim()
+    shape = channel_shape(fq.dim(), q.axis)
     if q.axis is not None:
-        shape[q.axis] = -1
         s = q.scale.reshape(shape).to(torch.float32)
         z = q.zero_point.reshape(shape).to(torch.float32)
     else:

@@ -1,67 +1,15 @@
 """Deprecated alias of :mod:`aq_search.viz` (the old name shadowed the standard library's ``inspect``).
 
-Import from :mod:`aq_search.viz` instead; this module re-exports the same names and will be removed.
+Import from :mod:`aq_search.viz` instead; every public name of :mod:`aq_search.viz` is still reachable here,
+and this module will be removed.
 """
 
 import warnings
+from typing import Any
 
-from ..viz import (
-    ARTIFACTS_DIR,
-    REPORT_FILE,
-    AmpSummary,
-    DashboardServer,
-    StageScore,
-    StudySummary,
-    TrialSummary,
-    annotate_study,
-    artifact_store,
-    dashboard_storage,
-    figure_png,
-    make_dashboard_server,
-    pareto_front,
-    plot_accuracy_vs_bops,
-    plot_amp_pareto,
-    plot_amp_sensitivity,
-    plot_optimization_history,
-    plot_orderings,
-    plot_stage_waterfall,
-    publish_study,
-    record_trial,
-    render_report,
-    study_note,
-    summarize_study,
-    summarize_trial,
-    write_report,
-)
+from .. import viz as _viz
 
-__all__ = [
-    "ARTIFACTS_DIR",
-    "REPORT_FILE",
-    "AmpSummary",
-    "DashboardServer",
-    "StageScore",
-    "StudySummary",
-    "TrialSummary",
-    "annotate_study",
-    "artifact_store",
-    "dashboard_storage",
-    "figure_png",
-    "make_dashboard_server",
-    "pareto_front",
-    "plot_accuracy_vs_bops",
-    "plot_amp_pareto",
-    "plot_amp_sensitivity",
-    "plot_optimization_history",
-    "plot_orderings",
-    "plot_stage_waterfall",
-    "publish_study",
-    "record_trial",
-    "render_report",
-    "study_note",
-    "summarize_study",
-    "summarize_trial",
-    "write_report",
-]
+__all__ = list(_viz.__all__)
 
 warnings.warn(
     "aq_search.inspect is deprecated and will be removed; import from aq_search.viz instead "
@@ -69,3 +17,9 @@ warnings.warn(
     DeprecationWarning,
     stacklevel=2,
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _viz.__all__:
+        return getattr(_viz, name)
+    raise AttributeError(f"module 'aq_search.inspect' has no attribute {name!r} (it is a deprecated alias of aq_search.viz)")

@@ -9,9 +9,7 @@ Both libraries are optional (``pip install 'aq-search[dashboard]'``). Artists ca
 
 from __future__ import annotations
 
-from ._plot_backend import (
-    figure_png,
-)
+from .._plotting import figure_png
 from ._plots_front import plot_accuracy_vs_bops, plot_amp_pareto, plot_amp_sensitivity, plot_orderings
 from ._plots_study import plot_optimization_history, plot_stage_waterfall
 

@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from .._errors import InvalidInputError
+from .._plotting import check_backend as _check_backend
+from .._plotting import matplotlib_figure as _mpl
+from .._plotting import plotly_go as _go
 from ._plot_backend import (
     _BEST,
     _PRUNED,
     StudyLike,
-    _check_backend,
-    _go,
     _goal_lines_go,
     _goal_lines_mpl,
-    _mpl,
     _summary,
 )
 from ._records import (
