@@ -31,25 +31,12 @@ from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputErro
 from ..quantsim import QuantSim
 from ._candidates import Candidate, CandidateLike, parse_candidate, parse_candidates
 from ._cost import CostTable
-from ._evaluate import (
-    _as_forward,
-    _check_number,
-    _describe,
-    _Evaluator,
-    _has_encodings,
-    _OutputProbe,
-)
+from ._evaluate import _as_forward, _check_number, _describe, _Evaluator, _has_encodings, _OutputProbe
 from ._groups import find_quantizer_groups, format_groups, ungrouped_activation_quantizers
 from ._limits import budget_limit, first_within, input_assignment, kept_input
 from ._search import _pareto, _Search
 from ._state import GroupPrecisions
-from ._types import (
-    EvalCallback,
-    MixedPrecisionConfig,
-    MixedPrecisionResult,
-    ParetoPoint,
-    SensitivityEntry,
-)
+from ._types import EvalCallback, MixedPrecisionConfig, MixedPrecisionResult, ParetoPoint, SensitivityEntry
 
 __all__ = ["apply_mixed_precision", "choose_mixed_precision", "set_mixed_precision"]
 

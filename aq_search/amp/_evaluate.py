@@ -16,9 +16,7 @@ from .._errors import CalibrationError, EvalCallbackError, InvalidInputError
 from .._numerics import signal_and_noise
 from ..quantsim import QuantSim
 from ._candidates import Candidate
-from ._types import (
-    EvalCallback,
-)
+from ._types import EvalCallback
 
 
 # -- evaluation -----------------------------------------------------------------------------------------

@@ -13,20 +13,10 @@ from .._numerics import pareto_front
 from ..quantsim import QuantSim
 from ._candidates import Candidate, parse_candidate
 from ._cost import CostTable
-from ._evaluate import (
-    _describe,
-    _Evaluator,
-    _noise_ratio,
-    _OutputProbe,
-    _sqnr_db,
-)
+from ._evaluate import _describe, _Evaluator, _noise_ratio, _OutputProbe, _sqnr_db
 from ._groups import QuantizerGroup
 from ._state import GroupPrecisions
-from ._types import (
-    MixedPrecisionConfig,
-    ParetoPoint,
-    SensitivityEntry,
-)
+from ._types import MixedPrecisionConfig, ParetoPoint, SensitivityEntry
 
 logger = logging.getLogger(__name__)
 

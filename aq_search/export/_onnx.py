@@ -45,12 +45,7 @@ from ..quantsim import QuantSim
 from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, to_aimet_v1
 from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available
 from ._int4 import INT4_OPSET, resolve_int4
-from ._markers import (
-    _check_encodings,
-    _check_sim,
-    _choose_opset,
-    _export_with_markers,
-)
+from ._markers import _check_encodings, _check_sim, _choose_opset, _export_with_markers
 from ._onnx_types import (
     _TORCHSCRIPT_MAX_OPSET,
     DEFAULT_OPSET,
@@ -60,13 +55,7 @@ from ._onnx_types import (
     OnnxValidation,
     _require_onnx,
 )
-from ._rewrite import (
-    _build,
-    _finalize,
-    _markers_to_identity,
-    _sim_weights,
-    _topo_check,
-)
+from ._rewrite import _build, _finalize, _markers_to_identity, _sim_weights, _topo_check
 from ._validate import _device, validate_onnx
 
 logger = logging.getLogger(__name__)

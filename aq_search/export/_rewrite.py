@@ -16,12 +16,7 @@ from torch import Tensor
 from .._numerics import channel_shape
 from ..quantsim import FakeQuantizer, QuantSim
 from ._int4 import int4_tensor, uses_int4
-from ._onnx_types import (
-    _MARKER_DOMAIN,
-    _MARKER_PREFIX,
-    OnnxExportError,
-    _require_onnx,
-)
+from ._onnx_types import _MARKER_DOMAIN, _MARKER_PREFIX, OnnxExportError, _require_onnx
 
 logger = logging.getLogger(__name__)
 

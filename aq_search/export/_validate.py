@@ -15,13 +15,8 @@ from torch.utils import _pytree as pytree
 from .._data import as_model_args, move_to
 from .._errors import InvalidInputError
 from ..quantsim import QuantSim
-from ._markers import (
-    _check_sim,
-)
-from ._onnx_types import (
-    OnnxValidation,
-    _require_ort,
-)
+from ._markers import _check_sim
+from ._onnx_types import OnnxValidation, _require_ort
 from ._providers import resolve_providers
 
 # -- validation -----------------------------------------------------------------------------------------

@@ -9,10 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import optuna
 
-from ._records import (
-    StudySummary,
-    summarize_study,
-)
+from ._records import StudySummary, summarize_study
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult

@@ -13,22 +13,8 @@ from .._errors import InvalidInputError
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
 from .._plotting import plotly_go as _go
-from ._plot_backend import (
-    _BEST,
-    _DOWN,
-    _FAIL,
-    _PRUNED,
-    _UP,
-    StudyLike,
-    _goal_lines_go,
-    _goal_lines_mpl,
-    _summary,
-)
-from ._records import (
-    StageScore,
-    StudySummary,
-    TrialSummary,
-)
+from ._plot_backend import _BEST, _DOWN, _FAIL, _PRUNED, _UP, StudyLike, _goal_lines_go, _goal_lines_mpl, _summary
+from ._records import StageScore, StudySummary, TrialSummary
 
 if TYPE_CHECKING:
     pass
