@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import optuna
 
-from ._records import StudySummary, summarize_study
+from ._records import StudySummary, TrialSummary, summarize_study
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult
@@ -31,6 +31,13 @@ def _goal_lines_mpl(ax: Any, fp32: float, target: float, horizontal: bool = True
         line(fp32, color=_FP32, ls=":", lw=1.2, label=f"FP32 {fp32:.4f}", gid="fp32")
     if math.isfinite(target):
         line(target, color=_TARGET, ls="--", lw=1.2, label=f"target {target:.4f}", gid="target")
+
+
+def _best_star_go(go: Any, fig: Any, x: float, best: TrialSummary, text: list[str] | None = None) -> None:
+    """The best trial as an orange star (plotly)."""
+    extra = {} if text is None else {"text": text}
+    marker = {"symbol": "star", "size": 16, "color": _BEST}
+    fig.add_trace(go.Scatter(x=[x], y=[best.value], mode="markers", name=f"best: trial {best.number}", marker=marker, **extra))
 
 
 def _goal_lines_go(fig: Any, fp32: float, target: float, horizontal: bool = True) -> None:

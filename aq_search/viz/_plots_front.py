@@ -10,7 +10,7 @@ from .._errors import InvalidInputError
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
 from .._plotting import plotly_go as _go
-from ._plot_backend import _BEST, _PRUNED, StudyLike, _goal_lines_go, _goal_lines_mpl, _summary
+from ._plot_backend import _BEST, _PRUNED, StudyLike, _best_star_go, _goal_lines_go, _goal_lines_mpl, _summary
 from ._records import AmpSummary, bops_points, pareto_front
 
 if TYPE_CHECKING:
@@ -52,16 +52,7 @@ def plot_accuracy_vs_bops(study_or_result: StudyLike, *, backend: str = "matplot
             )
         )
         if s.best is not None and s.best.relative_bops is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[s.best.relative_bops],
-                    y=[s.best.value],
-                    mode="markers",
-                    name=f"best: trial {s.best.number}",
-                    marker={"symbol": "star", "size": 16, "color": _BEST},
-                    text=[s.best.applied],
-                )
-            )
+            _best_star_go(go, fig, s.best.relative_bops, s.best, text=[s.best.applied])
         _goal_lines_go(fig, s.fp32_accuracy, s.target_accuracy)
         fig.update_layout(title=title, xaxis_title=xlabel, yaxis_title="score")
         return fig

@@ -13,7 +13,7 @@ from .._errors import InvalidInputError
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
 from .._plotting import plotly_go as _go
-from ._plot_backend import _BEST, _DOWN, _FAIL, _PRUNED, _UP, StudyLike, _goal_lines_go, _goal_lines_mpl, _summary
+from ._plot_backend import _BEST, _DOWN, _FAIL, _PRUNED, _UP, StudyLike, _best_star_go, _goal_lines_go, _goal_lines_mpl, _summary
 from ._records import StageScore, StudySummary, TrialSummary
 
 if TYPE_CHECKING:
@@ -70,15 +70,7 @@ def plot_optimization_history(study_or_result: StudyLike, *, backend: str = "mat
         )
         fig.add_trace(go.Scatter(x=best_x, y=best_y, mode="lines", name="best so far", line={"shape": "hv"}))
         if s.best is not None:
-            fig.add_trace(
-                go.Scatter(
-                    x=[s.best.number],
-                    y=[s.best.value],
-                    mode="markers",
-                    name=f"best: trial {s.best.number}",
-                    marker={"symbol": "star", "size": 16, "color": _BEST},
-                )
-            )
+            _best_star_go(go, fig, s.best.number, s.best)
         _goal_lines_go(fig, s.fp32_accuracy, s.target_accuracy)
         fig.update_layout(title=title, xaxis_title="trial", yaxis_title="score")
         return fig
