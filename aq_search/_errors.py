@@ -13,6 +13,8 @@ __all__ = [
     "EvalCallbackError",
     "InvalidInputError",
     "ModelPreparationError",
+    "OnnxExportError",
+    "ResultLoadError",
     "SearchSpaceError",
     "StudyMismatchError",
 ]
@@ -48,3 +50,11 @@ class SearchSpaceError(AQSearchError, ValueError):
 
 class StudyMismatchError(InvalidInputError):
     """A study being resumed or joined was run with other settings (the message names each one)."""
+
+
+class OnnxExportError(AQSearchError):
+    """The model cannot be written as ONNX (an op ONNX cannot express, a missing package ...)."""
+
+
+class ResultLoadError(AQSearchError, ValueError):
+    """A results folder cannot be loaded: files missing, an incompatible version, or another model."""

@@ -9,7 +9,13 @@
 * Checking the greedy front: :func:`exhaustive_search`, :func:`front_gap`; plotting: :func:`plot_pareto`.
 """
 
-from ._amp import (
+from ._amp import apply_mixed_precision, choose_mixed_precision, set_mixed_precision
+from ._candidates import Candidate, CandidateLike, parse_candidate, parse_candidates
+from ._cost import COST_METRICS, CostTable, LayerCost, layer_costs
+from ._exhaustive import ExhaustivePoint, FrontGap, exhaustive_search, front_gap
+from ._groups import QuantizerGroup, find_quantizer_groups, format_groups, ungrouped_activation_quantizers
+from ._plot import plot_pareto
+from ._types import (
     PHASE1_METRICS,
     PHASE2_SEARCHES,
     EvalCallback,
@@ -17,15 +23,7 @@ from ._amp import (
     MixedPrecisionResult,
     ParetoPoint,
     SensitivityEntry,
-    apply_mixed_precision,
-    choose_mixed_precision,
-    set_mixed_precision,
 )
-from ._candidates import Candidate, CandidateLike, parse_candidate, parse_candidates
-from ._cost import COST_METRICS, CostTable, LayerCost, layer_costs
-from ._exhaustive import ExhaustivePoint, FrontGap, exhaustive_search, front_gap
-from ._groups import QuantizerGroup, find_quantizer_groups, format_groups, ungrouped_activation_quantizers
-from ._plot import plot_pareto
 
 __all__ = [
     "COST_METRICS",

@@ -153,12 +153,7 @@ class CostTable:
                 self._size[group.name, cand] = self._group_size(group.name, cand)
 
     def _group_bops(self, group: str, cand: Candidate) -> int:
-        total = 0
-        for lb in self._layers[group]:
-            p = cand.param_bw if lb.param_quantized else _FLOAT_BITS
-            a = cand.activation_bw if lb.input_quantized else _FLOAT_BITS
-            total += lb.macs * p * a
-        return total
+        return sum(_bops(lb, cand) for lb in self._layers[group])
 
     def _group_size(self, group: str, cand: Candidate) -> int:
         return sum(lb.params * (cand.param_bw if lb.param_quantized else _FLOAT_BITS) for lb in self._layers[group])
@@ -198,10 +193,15 @@ class CostTable:
         out: dict[str, int] = {}
         for group, cand in assignment.items():
             for lb in self._layers[group]:
-                p = cand.param_bw if lb.param_quantized else _FLOAT_BITS
-                a = cand.activation_bw if lb.input_quantized else _FLOAT_BITS
-                out[lb.name] = lb.macs * p * a
+                out[lb.name] = _bops(lb, cand)
         return out
+
+
+def _bops(lb: _LayerBits, cand: Candidate) -> int:
+    """BOPs of one weight layer at a candidate: MACs x weight bits x input-activation bits (float: 32 bits)."""
+    p = cand.param_bw if lb.param_quantized else _FLOAT_BITS
+    a = cand.activation_bw if lb.input_quantized else _FLOAT_BITS
+    return lb.macs * p * a
 
 
 def _check_metric(metric: str) -> str:

@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 
 from .._errors import InvalidInputError
 from ..quantsim import QuantSim
-from ._amp import EvalCallback, ParetoPoint, _Evaluator
 from ._candidates import CandidateLike, parse_candidates
 from ._cost import CostTable
+from ._evaluate import _Evaluator
 from ._groups import find_quantizer_groups
 from ._state import GroupPrecisions
+from ._types import EvalCallback, ParetoPoint
 
 __all__ = ["ExhaustivePoint", "FrontGap", "exhaustive_search", "front_gap"]
 

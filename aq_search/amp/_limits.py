@@ -77,9 +77,12 @@ def kept_input(search: Any, result: Any, input_accuracy: float) -> Any:
     message = (
         f"Kept the input: AMP's best config scored {result.accuracy:.4f}, below the input's {input_accuracy:.4f}, so the "
         "sim is returned as it came (every layer's format and encodings, AdaRound rounding included). "
-        + ("" if result.baseline_accuracy > input_accuracy else
-           f"Even every group at its highest candidate scores {result.baseline_accuracy:.4f}: add a candidate that is "
-           "better than the input (e.g. 16-bit weights, 'w16a8').")
+        + (
+            ""
+            if result.baseline_accuracy > input_accuracy
+            else f"Even every group at its highest candidate scores {result.baseline_accuracy:.4f}: add a candidate that is "
+            "better than the input (e.g. 16-bit weights, 'w16a8')."
+        )
     )
     return dataclasses.replace(
         result,

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .._errors import InvalidInputError
+from .._plotting import check_backend, matplotlib_figure, plotly_go
 
 if TYPE_CHECKING:
-    from ._amp import MixedPrecisionResult
+    from ._types import MixedPrecisionResult
 
 __all__ = ["plot_pareto"]
-
-_BACKENDS = ("matplotlib", "plotly")
 
 
 def _labels(result: MixedPrecisionResult) -> tuple[str, str]:
@@ -21,11 +19,7 @@ def _labels(result: MixedPrecisionResult) -> tuple[str, str]:
 
 
 def _matplotlib(result: MixedPrecisionResult, path: str | None, title: str) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError("Plotting with backend='matplotlib' needs matplotlib: pip install 'aq-search[dashboard]'.") from err
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    fig = matplotlib_figure((6.4, 4.2))
     ax = fig.add_subplot()
     xlabel, ylabel = _labels(result)
     if result.evaluated:
@@ -68,10 +62,7 @@ def _matplotlib(result: MixedPrecisionResult, path: str | None, title: str) -> A
 
 
 def _plotly(result: MixedPrecisionResult, path: str | None, title: str) -> Any:
-    try:
-        import plotly.graph_objects as go
-    except ImportError as err:
-        raise ImportError("Plotting with backend='plotly' needs plotly: pip install 'aq-search[dashboard]'.") from err
+    go = plotly_go()
     xlabel, ylabel = _labels(result)
 
     def hover(points: Any) -> list[str]:
@@ -134,10 +125,7 @@ def plot_pareto(
     Raises:
         ImportError: the backend's library is not installed.
     """
-    if backend not in _BACKENDS:
-        raise InvalidInputError(
-            f"The 'backend' parameter of plot_pareto must be one of {list(_BACKENDS)}. Got {backend!r} instead."
-        )
+    check_backend(backend, "plot_pareto")
     title = title or f"Mixed precision: {len(result.groups)} groups, {result.n_eval_calls} eval calls"
     where = None if path is None else os.fspath(path)
     return _matplotlib(result, where, title) if backend == "matplotlib" else _plotly(result, where, title)

@@ -30,7 +30,7 @@ from torch import nn
 
 from .._data import move_to
 from .._device import model_device
-from .._errors import AQSearchError, InvalidInputError
+from .._errors import InvalidInputError, ResultLoadError
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._range import make_range_estimator
 
@@ -49,10 +49,6 @@ RESULT_FILES = ("summary.json", "pipeline.yaml", "model_state.pt", "encodings.js
 #: ``results_version`` values this aq-search reads (``summary.json``).
 SUPPORTED_RESULTS_VERSIONS = (1,)
 _ROUNDING_SUFFIX = ".parametrizations.weight.0.rounding"
-
-
-class ResultLoadError(AQSearchError, ValueError):
-    """A results folder cannot be loaded: files missing, an incompatible version, or another model."""
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def export_pt2e(sim: QuantSim, dummy_input: Any = None) -> torch.export.Exported
     Returns:
         The ``ExportedProgram``; ``program.module()(x)`` computes what ``sim.model(x)`` computes.
     """
-    from ._onnx import _check_encodings, _check_sim, _export_module
+    from ._markers import _check_encodings, _check_sim, _export_module
 
     sim = _check_sim(sim, "export_pt2e")
     _check_encodings(sim)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._numerics import channel_shape
+
 __all__ = [
     "MIN_SCALE",
     "encoding_from_range",
@@ -62,9 +64,7 @@ def range_from_encoding(scale: Tensor, zero_point: Tensor, bitwidth: int, symmet
 def _broadcast(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
     if axis is None or t.numel() == 1:
         return t.reshape(())
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return t.reshape(shape)
+    return t.reshape(channel_shape(x.dim(), axis))
 
 
 def quantize_dequantize(

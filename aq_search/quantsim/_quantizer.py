@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import EncodingsNotComputedError, InvalidInputError
+from .._numerics import channel_shape
 from ._fake_quant import encoding_from_range, int_range, range_from_encoding
 from ._range import RangeEstimator, RangeStats, make_range_estimator
 
@@ -246,8 +247,7 @@ class FakeQuantizer(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             return torch.fake_quantize_per_channel_affine(x, scale.to(x.device), zp.to(x.device), self.axis, qmin, qmax)
         # Same math as the fused kernel (bit for bit), several times faster on CPU for weights.
-        shape = [1] * x.dim()
-        shape[self.axis] = -1
+        shape = channel_shape(x.dim(), self.axis)
         s = scale.to(x.device).reshape(shape)
         q = torch.round(x * (1.0 / s))
         if self.symmetric:
@@ -275,9 +275,7 @@ class FakeQuantizer(nn.Module):
 
     def _adarounded(self, x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> Tensor:
         assert self.rounding is not None
-        shape = [1] * x.dim()
-        if self.axis is not None:
-            shape[self.axis] = -1
+        shape = channel_shape(x.dim(), self.axis)
         s = scale.reshape(shape) if self.axis is not None else scale.reshape(())
         z = zp.reshape(shape).float() if self.axis is not None else zp.reshape(()).float()
         q = torch.clamp(torch.floor(x / s) + self.rounding.to(x.dtype) + z, qmin, qmax)

@@ -22,10 +22,10 @@ from torch import nn
 from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from .._side_effects import guarded
-from ..inspect import publish_study, record_trial
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
+from ..viz import publish_study, record_trial
 from ._budget import Budget, check_max_relative_bops
 from ._costs import eval_equivalents, study_costs
 from ._identity import check_identity, resumed_sampler_seed, study_identity

@@ -8,8 +8,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from aq_search.inspect import _dashboard
 from aq_search.search import _autoquant
+from aq_search.viz import _dashboard
 
 from ._tiny import Tiny
 

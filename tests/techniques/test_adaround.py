@@ -13,7 +13,7 @@ from torch import nn
 
 from aq_search import CalibrationError, EncodingsNotComputedError, InvalidInputError, QuantSim
 from aq_search.techniques import AdaRoundCache, AdaRoundParams, AdaRoundReport, apply_adaround, fold_all_batch_norms
-from aq_search.techniques._adaround import _Grid, _SoftWeight
+from aq_search.techniques._adaround_opt import _Grid, _SoftWeight
 
 from .conftest import Case
 

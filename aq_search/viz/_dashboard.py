@@ -136,7 +136,8 @@ def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32
         for key, value in amp_user_attrs(amp).items():
             trial.set_user_attr(key, value)
     if _has("matplotlib"):
-        from ._plots import figure_png, plot_amp_pareto, plot_amp_sensitivity, waterfall_figure
+        from ._plots import figure_png, plot_amp_pareto, plot_amp_sensitivity
+        from ._plots_study import waterfall_figure
         from ._records import stage_scores
 
         stages = stage_scores(str(run.pipeline), [s.to_dict() for s in run.stages])

@@ -19,8 +19,8 @@ from optuna.artifacts import download_artifact, get_all_artifact_meta
 
 from aq_search import AutoQuantResult, InvalidInputError
 from aq_search._cli import main
-from aq_search.inspect import AmpSummary, dashboard_storage, study_note
-from aq_search.inspect._dashboard import amp_user_attrs
+from aq_search.viz import AmpSummary, dashboard_storage, study_note
+from aq_search.viz._dashboard import amp_user_attrs
 
 from .conftest import synthetic_amp
 

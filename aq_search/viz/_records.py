@@ -19,7 +19,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .._errors import InvalidInputError
-from ..amp._amp import ParetoPoint, SensitivityEntry
+from .._numerics import pareto_front as _pareto_front
+from ..amp._types import ParetoPoint, SensitivityEntry
 
 if TYPE_CHECKING:
     from ..amp import MixedPrecisionResult
@@ -444,11 +445,7 @@ def pareto_front(points: Iterable[tuple[float, float]]) -> list[tuple[float, flo
         >>> pareto_front([(0.5, 0.9), (0.25, 0.8), (0.5, 0.7), (1.0, 0.9), (0.75, 0.95)])
         [(0.25, 0.8), (0.5, 0.9), (0.75, 0.95)]
     """
-    front: list[tuple[float, float]] = []
-    for cost, acc in sorted(set(points), key=lambda p: (p[0], -p[1])):
-        if not front or acc > front[-1][1]:
-            front.append((cost, acc))
-    return front
+    return _pareto_front(set(points), key=lambda p: p)
 
 
 def bops_points(trials: Sequence[TrialSummary]) -> list[tuple[TrialSummary, float, float]]:

@@ -13,7 +13,7 @@ import pytest
 
 from aq_search import AutoQuant, AutoQuantResult
 from aq_search.examples.digits import DigitsCase
-from aq_search.inspect import render_report, write_report
+from aq_search.viz import render_report, write_report
 
 from .conftest import fast_space, synthetic_amp, synthetic_study
 
@@ -92,7 +92,7 @@ def test_report_shows_pruned_and_failed_trials(tmp_path: Path) -> None:
 
 
 def test_report_without_plots_still_has_the_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import aq_search.inspect._plots as plots
+    import aq_search.viz._plots as plots
 
     def no_matplotlib(*args: object, **kwargs: object) -> bytes:
         raise ImportError("no matplotlib here")
@@ -107,8 +107,8 @@ def test_report_without_plots_still_has_the_tables(tmp_path: Path, monkeypatch: 
 def test_inspection_failures_never_fail_the_search(
     digits: DigitsCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import aq_search.inspect._dashboard as dashboard
-    import aq_search.inspect._publish as publish
+    import aq_search.viz._dashboard as dashboard
+    import aq_search.viz._publish as publish
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("disk full")

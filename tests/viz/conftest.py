@@ -12,8 +12,8 @@ from optuna.trial import TrialState, create_trial
 
 from aq_search import AutoQuant, AutoQuantResult
 from aq_search.examples.digits import DigitsCase, digits_case
-from aq_search.inspect import AmpSummary
 from aq_search.search import load_search_space
+from aq_search.viz import AmpSummary
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

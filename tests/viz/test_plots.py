@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from aq_search import AutoQuantResult, InvalidInputError
-from aq_search.inspect import (
+from aq_search.viz import (
     AmpSummary,
     figure_png,
     pareto_front,
