@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -43,17 +44,27 @@ __all__ = [
     "validate_ordering",
 ]
 
-#: Technique keys usable in an ordering, and what each needs before it.
-STAGES: dict[str, str] = {
-    "scheme": "choose the quant scheme (param/activation range setting, per-channel weights)",
-    "bnf": "BatchNorm folding",
-    "cle": "cross-layer equalization + high-bias absorption (needs bnf before it)",
-    "bc": "empirical bias correction",
-    "adaround": "AdaRound (learned weight rounding)",
-    "amp": "automatic mixed precision (per-layer bit-widths)",
-}
-_MODEL_STAGES = ("bnf", "cle")
-_SIM_STAGES = ("bc", "adaround", "amp")
+
+class _Stages(Mapping[str, str]):
+    """Technique keys usable in an ordering and what each does: a view of the technique registry."""
+
+    def _specs(self) -> Mapping[str, Any]:
+        from ..techniques._registry import registered_techniques
+
+        return registered_techniques()
+
+    def __getitem__(self, key: str) -> str:
+        return str(self._specs()[key].description)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs())
+
+    def __len__(self) -> int:
+        return len(self._specs())
+
+
+#: Technique keys usable in an ordering, and what each does (read from the technique registry).
+STAGES: Mapping[str, str] = _Stages()
 
 #: How ``scheme: select`` ranks its pairs: the eval callback (AIMET) or output SQNR (no eval call).
 SELECT_BY = ("eval", "sqnr")
@@ -179,6 +190,8 @@ class SearchSpace:
     source: str = "<dict>"
     #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
     target: str | None = None
+    #: the sections of generic registered techniques (``{space_key: {dimension: spec}}``)
+    techniques: Mapping[str, Mapping[str, ParamSpec]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The space as the plain data it was loaded from (round-trips through :func:`load_search_space`)."""
@@ -186,7 +199,8 @@ class SearchSpace:
         def param(p: ParamSpec) -> Any:
             return p.to_yaml()
 
-        extra = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
+        extra: dict[str, Any] = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
+        extra.update({k: {d: param(v) for d, v in dims.items()} for k, dims in self.techniques.items()})
         return {
             **extra,
             "name": self.name,
@@ -244,35 +258,43 @@ _TOP_KEYS = {
 
 
 def validate_ordering(ordering: str) -> tuple[str, ...]:
-    """Parse ``"bnf>cle>adaround"`` and check it; returns the stage keys.
+    """Parse ``"bnf>cle>adaround"`` and check it against the technique registry; returns the stage keys.
 
-    Rules: known techniques, each at most once; ``cle`` after ``bnf``; ``bnf``/``cle`` (they change
-    the float model) before ``scheme``-dependent stages ``bc``/``adaround``/``amp``; ``scheme``
-    before ``bc``/``adaround``/``amp``. ``amp`` may come before or after ``adaround``.
+    Rules: known techniques, each at most once; a technique's ``requires`` present and before it, its
+    ``after`` before it when present; techniques that change the float model (``acts_on="model"``)
+    before those that change the sim (``bc``/``adaround``/``amp`` ...).
 
     Raises:
         SearchSpaceError: naming the ordering and the broken rule.
     """
+    from ..techniques._registry import registered_techniques
+
+    specs = registered_techniques()
     if not isinstance(ordering, str) or not ordering.strip():
         raise SearchSpaceError(f"an ordering must be a non-empty string like 'bnf>cle>adaround'. Got {ordering!r} instead.")
     stages = tuple(s.strip() for s in ordering.split(">"))
     for s in stages:
-        if s not in STAGES:
-            raise SearchSpaceError(f"ordering {ordering!r}: unknown technique {s!r}; valid ones are {', '.join(STAGES)}.")
+        if s not in specs:
+            raise SearchSpaceError(f"ordering {ordering!r}: unknown technique {s!r}; valid ones are {', '.join(specs)}.")
     if len(set(stages)) != len(stages):
         raise SearchSpaceError(f"ordering {ordering!r}: a technique appears twice.")
     pos = {s: i for i, s in enumerate(stages)}
-    if "cle" in pos and ("bnf" not in pos or pos["bnf"] > pos["cle"]):
-        raise SearchSpaceError(f"ordering {ordering!r}: cle needs BatchNorms folded first; put bnf before cle.")
-    first_sim = min((pos[s] for s in _SIM_STAGES if s in pos), default=len(stages))
-    for s in _MODEL_STAGES:
-        if s in pos and pos[s] > first_sim:
+    for s in stages:
+        for req in specs[s].requires:
+            if req not in pos or pos[req] > pos[s]:
+                raise SearchSpaceError(f"ordering {ordering!r}: {s} needs {req} first; put {req} before {s}.")
+    sim_keys = [k for k, spec in specs.items() if spec.acts_on == "sim"]
+    first_sim = min((pos[s] for s in sim_keys if s in pos), default=len(stages))
+    for s in stages:
+        if specs[s].acts_on == "model" and pos[s] > first_sim:
             raise SearchSpaceError(
-                f"ordering {ordering!r}: {s} changes the float model, so it must come before bc/adaround/amp "
-                "(their results would be invalidated)."
+                f"ordering {ordering!r}: {s} changes the float model, so it must come before the sim techniques "
+                f"({'/'.join(sim_keys)}): their results would be invalidated."
             )
-    if "scheme" in pos and pos["scheme"] > first_sim:
-        raise SearchSpaceError(f"ordering {ordering!r}: scheme must come before bc/adaround/amp (they use the chosen encodings).")
+    for s in stages:
+        for before in specs[s].after:
+            if before in pos and pos[before] > pos[s]:
+                raise SearchSpaceError(f"ordering {ordering!r}: {before} must come before {s} (it uses {before}'s result).")
     return stages
 
 
@@ -334,6 +356,15 @@ def _param(value: Any, key: str, where: _Where, kind: type, lo: float, hi: float
     return Choice((check(value),))
 
 
+def _dimension(value: Any, key: str, where: _Where, dim: Any) -> ParamSpec:
+    """A generic technique's dimension, checked against its declaration (kind and range)."""
+    if dim.kind is bool:
+        return _bool_choice(value, key, where)
+    lo = -math.inf if dim.low is None else dim.low
+    hi = math.inf if dim.high is None else dim.high
+    return _param(value, key, where, dim.kind, lo, hi)
+
+
 def _bool_choice(value: Any, key: str, where: _Where) -> Choice:
     values = value if isinstance(value, (list, tuple)) else [value]
     if not values or not all(isinstance(v, bool) for v in values):
@@ -374,7 +405,10 @@ def _candidate(text: Any, key: str, where: _Where) -> str:
 
 def _parse(data: Any, source: str) -> SearchSpace:
     where = _Where(source)
-    top = _mapping(data, "", where, _TOP_KEYS)
+    from ..techniques._registry import registered_techniques
+
+    generic = {spec.space_key: spec for spec in registered_techniques().values() if spec.generic}
+    top = _mapping(data, "", where, _TOP_KEYS | set(generic))
     orderings_raw = top.get("orderings")
     if not isinstance(orderings_raw, (list, tuple)) or not orderings_raw:
         raise where.error("orderings", "must be a non-empty list of orderings like 'bnf>cle>adaround'.")
@@ -476,6 +510,14 @@ def _parse(data: Any, source: str) -> SearchSpace:
 
         if not isinstance(target, str) or target not in TARGETS:
             raise where.error("target", f"must be one of {', '.join(TARGETS)}. Got {target!r} instead.")
+    used = {k for o in orderings for k in o.split(">")}
+    sections: dict[str, dict[str, ParamSpec]] = {}
+    for space_key, spec in generic.items():
+        if space_key in top or spec.key in used:
+            raw = _mapping(top.get(space_key), space_key, where, {d.name for d in spec.dimensions})
+            sections[space_key] = {
+                d.name: _dimension(raw.get(d.name, d.default), f"{space_key}.{d.name}", where, d) for d in spec.dimensions
+            }
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):
         raise where.error("name", "must be a string.")
@@ -497,6 +539,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         description=str(top.get("description", "")),
         source=source,
         target=target,
+        techniques=sections,
     )
     return space
 

@@ -26,6 +26,7 @@ from ._graph import (
     scale_out_channels,
     tensor_shape,
 )
+from ._registry import TechniqueSpec, register_technique
 
 __all__ = ["BatchNormFoldConfig", "BatchNormFoldReport", "FoldedBatchNorm", "fold_all_batch_norms"]
 
@@ -250,3 +251,17 @@ def fold_all_batch_norms(model: nn.Module, dummy_input: Any, config: BatchNormFo
     for bn_name, reason in unfolded.items():
         logger.warning("fold_all_batch_norms: BatchNorm %r is not folded: %s", bn_name, reason)
     return gm
+
+
+register_technique(
+    TechniqueSpec(
+        key="bnf",
+        config_class=BatchNormFoldConfig,
+        apply=fold_all_batch_norms,
+        acts_on="model",
+        description="BatchNorm folding",
+        reapply_on_load=True,
+        cost="free",
+        meta_key="bn_fold",
+    )
+)

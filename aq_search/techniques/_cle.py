@@ -35,6 +35,7 @@ from ._graph import (
     set_module,
     tensor_shape,
 )
+from ._registry import Dimension, TechniqueSpec, register_technique
 
 __all__ = ["CLEConfig", "CLEReport", "equalize_model"]
 
@@ -400,3 +401,18 @@ def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None
     if replaced:
         logger.warning("equalize_model replaced ReLU6 by ReLU (the FP32 function changes there): %s", ", ".join(replaced))
     return gm
+
+
+register_technique(
+    TechniqueSpec(
+        key="cle",
+        config_class=CLEConfig,
+        apply=equalize_model,
+        acts_on="model",
+        description="cross-layer equalization + high-bias absorption (needs bnf before it)",
+        requires=("bnf",),
+        reapply_on_load=True,
+        dimensions=(Dimension("high_bias_absorption", bool, True), Dimension("replace_relu6", str, "always")),
+        cost="free",
+    )
+)
