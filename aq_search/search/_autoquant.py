@@ -18,6 +18,7 @@ import torch
 import yaml
 from torch import nn
 
+from .._constraints import Boolean, Constraint, Interval, NoneValue, check_parameter
 from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..inspect import publish_study
@@ -112,6 +113,18 @@ class AutoQuantResult:
             f"target_met={self.target_met}, pipeline='{self.pipeline}', n_trials={self.n_trials}, "
             f"n_eval_calls={self.n_eval_calls}, relative_bops={self.relative_bops})"
         )
+
+
+#: Declared constraints of AutoQuant's plain arguments (see :mod:`aq_search._constraints`).
+_PARAMETER_CONSTRAINTS: dict[str, list[Constraint]] = {
+    "num_calibration_batches": [Interval(int, 1, None), NoneValue()],
+    "per_channel": [Boolean(), NoneValue()],
+    "heartbeat_interval": [Interval(int, 1, None), NoneValue()],
+    "grace_period": [Interval(int, 1, None), NoneValue()],
+    "max_retries": [Interval(int, 0, None), NoneValue()],
+    "eval_size": [Interval(int, 1, None), NoneValue()],
+    "progress": [Boolean()],
+}
 
 
 def check_allowed_drop(value: Any) -> None:
@@ -272,24 +285,16 @@ class AutoQuant:
         check_bitwidth(param_bw, "param_bw")
         check_bitwidth(output_bw, "output_bw")
         as_model_args(dummy_input)
-        if num_calibration_batches is not None and (
-            isinstance(num_calibration_batches, bool)
-            or not isinstance(num_calibration_batches, int)
-            or num_calibration_batches < 1
+        for name, value in (
+            ("num_calibration_batches", num_calibration_batches),
+            ("per_channel", per_channel),
+            ("heartbeat_interval", heartbeat_interval),
+            ("grace_period", grace_period),
+            ("max_retries", max_retries),
+            ("eval_size", eval_size),
+            ("progress", progress),
         ):
-            raise InvalidInputError(
-                "The 'num_calibration_batches' parameter must be a positive int or None. "
-                f"Got {num_calibration_batches!r} instead."
-            )
-        if per_channel is not None and not isinstance(per_channel, bool):
-            raise InvalidInputError(f"The 'per_channel' parameter must be True, False or None. Got {per_channel!r} instead.")
-        for name, value, low in (
-            ("heartbeat_interval", heartbeat_interval, 1),
-            ("grace_period", grace_period, 1),
-            ("max_retries", max_retries, 0),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise InvalidInputError(f"The '{name}' parameter must be an int >= {low} or None. Got {value!r} instead.")
+            check_parameter(name, "AutoQuant", value, _PARAMETER_CONSTRAINTS[name])
         if storage is not None:
             check_storage_spec(storage)
         if max_relative_bops is not None:
@@ -308,13 +313,6 @@ class AutoQuant:
             raise InvalidInputError(
                 "The 'artifact_store' parameter of AutoQuant must be an Optuna artifact store (e.g. "
                 f"optuna.artifacts.FileSystemArtifactStore) or None. Got {artifact_store!r} instead."
-            )
-        if not isinstance(progress, bool):
-            raise InvalidInputError(f"The 'progress' parameter of AutoQuant must be True or False. Got {progress!r} instead.")
-        if eval_size is not None and (isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 1):
-            raise InvalidInputError(
-                "The 'eval_size' parameter of AutoQuant must be a positive int (the number of samples of the full "
-                f"evaluation) or None. Got {eval_size!r} instead."
             )
         self.model = model
         self.dummy_input = dummy_input

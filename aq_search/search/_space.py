@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .._errors import SearchSpaceError
+from .._errors import InvalidInputError, SearchSpaceError
 from ..quantsim._range import _parse_scheme
 
 __all__ = [
@@ -356,13 +356,35 @@ def _param(value: Any, key: str, where: _Where, kind: type, lo: float, hi: float
     return Choice((check(value),))
 
 
-def _dimension(value: Any, key: str, where: _Where, dim: Any) -> ParamSpec:
-    """A generic technique's dimension, checked against its declaration (kind and range)."""
-    if dim.kind is bool:
-        return _bool_choice(value, key, where)
-    lo = -math.inf if dim.low is None else dim.low
-    hi = math.inf if dim.high is None else dim.high
-    return _param(value, key, where, dim.kind, lo, hi)
+def _dimension(value: Any, key: str, where: _Where, dim: Any, config_class: Any = None) -> ParamSpec:
+    """A technique's dimension, checked against its declaration (kind, range) and its config's constraints."""
+    spec = (
+        _bool_choice(value, key, where)
+        if dim.kind is bool
+        else _param(
+            value, key, where, dim.kind, -math.inf if dim.low is None else dim.low, math.inf if dim.high is None else dim.high
+        )
+    )
+    _check_config_field(spec, key, where, config_class, dim.name)
+    return spec
+
+
+def _check_config_field(spec: ParamSpec, key: str, where: _Where, config_class: Any, name: str) -> None:
+    """Every value a dimension can take must pass the config's declared constraint (one validation path)."""
+    if config_class is None:
+        return
+    values = spec.values if isinstance(spec, Choice) else (spec.low, spec.high)
+    for v in values:
+        try:
+            config_class.check_field(name, v)
+        except InvalidInputError as err:
+            raise where.error(key, str(err)) from None
+
+
+def _config_class(key: str) -> Any:
+    from ..techniques._registry import registered_techniques
+
+    return registered_techniques()[key].config_class
 
 
 def _bool_choice(value: Any, key: str, where: _Where) -> Choice:
@@ -441,14 +463,17 @@ def _parse(data: Any, source: str) -> SearchSpace:
     cle_raw = _mapping(top.get("cle"), "cle", where, {"high_bias_absorption", "replace_relu6"})
     relu6 = cle_raw.get("replace_relu6", "always")
     relu6_values = tuple(relu6) if isinstance(relu6, (list, tuple)) else (relu6,)
-    if not relu6_values or any(v not in ("always", "unclipped", "never") for v in relu6_values):
-        raise where.error("cle.replace_relu6", f"must be always, unclipped, never or a list of them. Got {relu6!r} instead.")
+    if not relu6_values:
+        raise where.error("cle.replace_relu6", "a list of choices must not be empty.")
+    _check_config_field(Choice(relu6_values), "cle.replace_relu6", where, _config_class("cle"), "replace_relu6")
     cle = CLESpace(
         _bool_choice(cle_raw.get("high_bias_absorption", True), "cle.high_bias_absorption", where),
         Choice(relu6_values),
     )
     bc_raw = _mapping(top.get("bias_correction"), "bias_correction", where, {"num_batches"})
-    bc = BiasCorrectionSpace(_param(bc_raw.get("num_batches", 4), "bias_correction.num_batches", where, int, 1, 100_000))
+    bc_batches = _param(bc_raw.get("num_batches", 4), "bias_correction.num_batches", where, int, 1, 100_000)
+    _check_config_field(bc_batches, "bias_correction.num_batches", where, _config_class("bc"), "num_batches")
+    bc = BiasCorrectionSpace(bc_batches)
 
     ada_raw = _mapping(top.get("adaround"), "adaround", where, set(_ADAROUND_KEYS))
     ada = AdaRoundSpace(
@@ -516,7 +541,8 @@ def _parse(data: Any, source: str) -> SearchSpace:
         if space_key in top or spec.key in used:
             raw = _mapping(top.get(space_key), space_key, where, {d.name for d in spec.dimensions})
             sections[space_key] = {
-                d.name: _dimension(raw.get(d.name, d.default), f"{space_key}.{d.name}", where, d) for d in spec.dimensions
+                d.name: _dimension(raw.get(d.name, d.default), f"{space_key}.{d.name}", where, d, spec.config_class)
+                for d in spec.dimensions
             }
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):

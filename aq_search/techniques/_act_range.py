@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._constraints import Constraint, Interval
 from .._errors import EncodingsNotComputedError
 from ..quantsim import FakeQuantizer, QuantSim
 from ..quantsim._fake_quant import encoding_from_range
@@ -51,10 +52,11 @@ class ActivationRangeSearchConfig(TechniqueConfig):
     min_ratio: float = 0.5
     num_candidates: int = 8
 
-    def __post_init__(self) -> None:
-        self._check_int("num_batches", 1)
-        self._check_float("min_ratio", 0.0, 1.0, lo_open=True)
-        self._check_int("num_candidates", 2, 256)
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "num_batches": [Interval(int, 1, None)],
+        "min_ratio": [Interval(float, 0.0, 1.0, closed="right")],
+        "num_candidates": [Interval(int, 2, 256)],
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._constraints import Constraint, Interval
 from .._errors import EncodingsNotComputedError
 from ..quantsim import QuantSim
 from ._config import TechniqueConfig, bad_argument
@@ -43,8 +44,7 @@ class BiasCorrectionConfig(TechniqueConfig):
 
     num_batches: int = 8
 
-    def __post_init__(self) -> None:
-        self._check_int("num_batches", 1)
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"num_batches": [Interval(int, 1, None)]}
 
 
 @dataclasses.dataclass(frozen=True)

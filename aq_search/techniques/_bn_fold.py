@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .._constraints import Boolean, Constraint
 from ..quantsim._prepare import BATCHNORMS, propagate_shapes
 from ._config import TechniqueConfig, bad_argument
 from ._graph import (
@@ -51,8 +52,7 @@ class BatchNormFoldConfig(TechniqueConfig):
 
     fold_into_following: bool = True
 
-    def __post_init__(self) -> None:
-        self._check_bool("fold_into_following")
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"fold_into_following": [Boolean()]}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

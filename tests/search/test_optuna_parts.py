@@ -111,6 +111,9 @@ def test_progress_false_opens_no_bar(tmp_path: Path, aq_seed: int, capsys: pytes
         ({"study": "mine"}, "study"),
         ({"progress": "no"}, "progress"),
         ({"artifact_store": "dir"}, "artifact_store"),
+        ({"eval_size": 0}, "eval_size"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"num_calibration_batches": 1.5}, "num_calibration_batches"),
     ],
 )
 def test_bad_optuna_parts(tmp_path: Path, aq_seed: int, kwargs: dict[str, object], word: str) -> None:
