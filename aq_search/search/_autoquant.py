@@ -3,167 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
-import yaml
 from torch import nn
 
-from .._constraints import Boolean, Constraint, Interval, NoneValue, check_parameter
-from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
+from .._constraints import check_parameter
+from .._data import as_model_args, check_batch_fits
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
-from ..inspect import publish_study
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
+from ._arguments import _PARAMETER_CONSTRAINTS, check_allowed_drop, check_study, materialize
 from ._budget import Budget, check_max_relative_bops
-from ._costs import study_costs
 from ._counting import CountingEval
-from ._identity import check_identity, resumed_sampler_seed, study_identity
-from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within, write_atomic
+from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within
 from ._pipeline import (
     Fixed,
     Pipeline,
     PipelineRun,
     RunContext,
-    StageResult,
-    model_fingerprint,
     run_pipeline,
     suggest_pipeline,
     usable_orderings,
 )
-from ._pruner import StagePruner
 from ._reference import cheap_first_params, reference_adaround, reference_differences, reference_params
+from ._result import AutoQuantResult, finish
 from ._space import SearchSpace, load_search_space
 from ._storage import check_storage_spec, fail_dead_local_trials, make_storage, storage_label
+from ._study import open_study
 
 __all__ = ["AutoQuant", "AutoQuantResult", "CountingEval"]
 
 logger = logging.getLogger(__name__)
-
-RESULTS_VERSION = 1
-_IDENTITY_ATTR = "identity"
-
-
-@dataclass(frozen=True)
-class AutoQuantResult:
-    """What :meth:`AutoQuant.optimize` returns: the best model scored, and what was tried.
-
-    Attributes:
-        model: the fake-quantized model (``sim.model``), callable like the original.
-        sim: the :class:`~aq_search.QuantSim` behind it (encodings, quantizers).
-        accuracy: its score from the eval callback (full evaluation).
-        fp32_accuracy: the FP32 model's score.
-        target_accuracy: ``fp32_accuracy - allowed_accuracy_drop``.
-        target_met: whether ``accuracy >= target_accuracy``.
-        encoding_path: the best model's encodings JSON.
-        pipeline: the techniques that produced it, in order.
-        study: the Optuna study (all trials, per-stage values, user attributes).
-        n_eval_calls: eval callback calls in the study (all trials and workers, plus FP32).
-        n_trials: finished trials in the study.
-        best_trial: number of the trial that produced the model.
-        message: a one-paragraph account of what was tried and how it went.
-        results_dir: the folder holding the model, encodings, pipeline and summary.
-        stage_results: every stage the best trial ran (cost, gain, which one won: ``best``).
-        n_eval_equivalents: evaluation cost of the study in full evaluations (subset calls count
-            ``num_samples / eval_size``).
-        relative_bops: the model's BOPs relative to the all-``w{param_bw}a{output_bw}`` model.
-        within_budget: whether that is at most ``max_relative_bops`` (``target_met`` needs it).
-        best_stage: which stage of the best trial produced the model (1-based; keep-best).
-    """
-
-    model: nn.Module
-    sim: QuantSim
-    accuracy: float
-    fp32_accuracy: float
-    target_accuracy: float
-    target_met: bool
-    encoding_path: str
-    pipeline: Pipeline
-    study: optuna.Study
-    n_eval_calls: int
-    n_trials: int
-    best_trial: int
-    message: str
-    results_dir: str
-    stage_results: tuple[StageResult, ...] = field(default=())
-    n_eval_equivalents: float = math.nan
-    relative_bops: float | None = None
-    within_budget: bool = True
-    best_stage: int = 0
-
-    def export_onnx(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write the best model as ONNX (QDQ + FP32 + encodings) and validate it; see :func:`aq_search.export_onnx`."""
-        from ..export import export_onnx
-
-        return export_onnx(self.sim, kwargs.pop("dummy_input", None), path, **kwargs)
-
-    def __repr__(self) -> str:
-        return (
-            f"AutoQuantResult(accuracy={self.accuracy:.4f}, fp32_accuracy={self.fp32_accuracy:.4f}, "
-            f"target_met={self.target_met}, pipeline='{self.pipeline}', n_trials={self.n_trials}, "
-            f"n_eval_calls={self.n_eval_calls}, relative_bops={self.relative_bops})"
-        )
-
-
-#: Declared constraints of AutoQuant's plain arguments (see :mod:`aq_search._constraints`).
-_PARAMETER_CONSTRAINTS: dict[str, list[Constraint]] = {
-    "num_calibration_batches": [Interval(int, 1, None), NoneValue()],
-    "per_channel": [Boolean(), NoneValue()],
-    "heartbeat_interval": [Interval(int, 1, None), NoneValue()],
-    "grace_period": [Interval(int, 1, None), NoneValue()],
-    "max_retries": [Interval(int, 0, None), NoneValue()],
-    "eval_size": [Interval(int, 1, None), NoneValue()],
-    "progress": [Boolean()],
-}
-
-
-def check_allowed_drop(value: Any) -> None:
-    """Raise unless ``value`` is a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-        raise InvalidInputError(
-            "The 'allowed_accuracy_drop' parameter must be a number >= 0 (in the eval callback's units, e.g. 0.01). "
-            f"Got {value!r} instead."
-        )
-
-
-def check_study(study: Any) -> None:
-    """Raise unless ``study`` is a single-objective Optuna study that maximizes."""
-    if not isinstance(study, optuna.Study):
-        raise InvalidInputError(f"The 'study' parameter of AutoQuant must be an optuna.Study or None. Got {study!r} instead.")
-    if len(study.directions) != 1 or study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise InvalidInputError(
-            "The 'study' parameter of AutoQuant must be a single-objective study with direction='maximize' "
-            f"(the eval callback's score, higher is better). Got directions {study.directions} instead."
-        )
-
-
-def _materialize(data_loader: Any, limit: int | None) -> list[Any]:
-    if isinstance(data_loader, (torch.Tensor, str, bytes)) or not isinstance(data_loader, Iterable):
-        raise InvalidInputError(
-            "data_loader must be a DataLoader or a re-iterable of batches (e.g. a list of tensors). "
-            f"Got {type(data_loader).__name__} instead."
-        )
-    batches = []
-    for i, batch in enumerate(data_loader):
-        if limit is not None and i >= limit:
-            break
-        batches.append(batch)
-    if not batches:
-        raise InvalidInputError(
-            "data_loader yielded no batches: calibration needs unlabeled data (at least one batch)."
-            + exhausted_iterator_hint(data_loader)
-        )
-    return batches
 
 
 class AutoQuant:
@@ -392,7 +269,7 @@ class AutoQuant:
             return self._ctx
         self.results_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
-        batches = _materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
+        batches = materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
         if self.forward_fn is None:
             check_batch_fits(prepared, batches[0])  # labelled (x, y) batches fail here, before any search
         self._eval = CountingEval(self.eval_callback, self.eval_size)
@@ -471,31 +348,6 @@ class AutoQuant:
         """The storage of a study this object opened (``None`` for a user's ``study=``: its storage is theirs)."""
         return self._storage() if self.study is None else None
 
-    def _sampler(self, n_existing_trials: int = 0) -> optuna.samplers.BaseSampler:
-        if self.sampler is not None:
-            return self.sampler
-        seed = resumed_sampler_seed(self.sampler_seed if self.sampler_seed is not None else self.seed, n_existing_trials)
-        if self.space.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=seed,
-                n_startup_trials=self.space.n_startup_trials,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-            )
-
-    def _pruner(self) -> optuna.pruners.BasePruner:
-        if self.pruner is not None:
-            return self.pruner
-        p = self.space.pruner
-        if p.type == "none":
-            return optuna.pruners.NopPruner()
-        percentile = 50.0 if p.type == "median" else p.percentile
-        return StagePruner(percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
-
     def _fixed(self) -> Fixed:
         return Fixed(adaround=self._adaround_params, amp_candidates=self._amp_candidates, per_channel=self.per_channel)
 
@@ -513,66 +365,7 @@ class AutoQuant:
         }
 
     def _open_study(self, ctx: RunContext, allowed_drop: float) -> optuna.Study:
-        if self.study is not None:
-            study = self.study
-            name = study.study_name
-            if self.sampler is not None:
-                study.sampler = self.sampler
-            if self.pruner is not None:
-                study.pruner = self.pruner
-        else:
-            name = self.study_name or self._default_study_name()
-            study = optuna.create_study(
-                study_name=name,
-                storage=self._storage(),
-                sampler=self._sampler(),
-                pruner=self._pruner(),
-                direction="maximize",
-                load_if_exists=True,
-            )
-        if study.metric_names is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(["accuracy"])
-        attrs = study.user_attrs
-        identity = study_identity(
-            model_fingerprint=model_fingerprint(ctx.model),
-            data_fingerprint=data_fingerprint(ctx.calibration),
-            space_fingerprint=self.space.fingerprint(),
-            param_bw=self.param_bw,
-            output_bw=self.output_bw,
-            allowed_accuracy_drop=allowed_drop,
-            quant_scheme=self.quant_scheme,
-            per_channel=self.per_channel,
-            adaround_params=self._adaround_params,
-            amp_candidates=self._amp_candidates,
-            seed=self.seed,
-            target=self.deployment_target.name,
-            max_relative_bops=self.budget.max_relative_bops,
-        )
-        # identity and FP32 accuracy live in ONE attribute, so a worker starting beside another never
-        # sees half of it (several set_user_attr calls are not atomic across processes)
-        recorded = attrs.get(_IDENTITY_ATTR)
-        if isinstance(recorded, dict):
-            check_identity(recorded, identity, study=name, storage=self._study_label(study))
-            ctx.fp32_accuracy = float(recorded["fp32_accuracy"])
-            if (
-                study.trials and self.study is None and self.sampler is None
-            ):  # a resumed run: a sampler seeded as the first run's would propose its trials again
-                study.sampler = self._sampler(len(study.trials))
-            logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
-        else:
-            ctx.fp32_accuracy = self._fp32(ctx)
-            study.set_user_attr(_IDENTITY_ATTR, {**identity, "fp32_accuracy": ctx.fp32_accuracy})
-            for k, v in identity.items():  # also one by one, for the dashboard and notebooks
-                study.set_user_attr(k, v)
-            study.set_user_attr("fp32_accuracy", ctx.fp32_accuracy)
-            study.set_user_attr("fp32_eval_calls", 1)
-            study.set_user_attr("search_space", self.space.to_dict())
-            study.set_user_attr("results_dir", str(self.results_dir.resolve()))
-        ctx.target = ctx.fp32_accuracy - allowed_drop
-        study.set_user_attr("target_accuracy", ctx.target)
-        return study
+        return open_study(self, ctx, allowed_drop)
 
     def setup_study(self, allowed_accuracy_drop: float = 0.01, *, study: optuna.Study | None = None) -> optuna.Study:
         """Open (or take) the study, evaluate the FP32 model once and enqueue the reference trials.
@@ -689,116 +482,7 @@ class AutoQuant:
 
     # -- results --------------------------------------------------------------------------------
     def _finish(self, study: optuna.Study, ctx: RunContext, runner: TrialObjective) -> AutoQuantResult:
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        if not complete:
-            raise AQSearchError(
-                "no trial completed, so there is no quantized model to return; the failed trials' messages are in "
-                f"the study ({self._study_label(study)}): "
-                + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
-            )
-        best = max(complete, key=lambda t: (within(t), t.value, -t.number))
-        run = runner.best_run if runner.best_number == best.number else None
-        if run is None:  # the best trial ran in another process (or an earlier run): rebuild it here
-            run = self._replay(best, ctx)
-            if not math.isclose(run.score, float(best.value or 0.0), rel_tol=0.0, abs_tol=1e-6):
-                logger.warning(
-                    "replaying trial %d here scored %.6f, not the %.6f it recorded (different machine, threads or "
-                    "library versions?); saving the replayed model, reporting the recorded score",
-                    best.number,
-                    run.score,
-                    best.value,
-                )
-        assert best.value is not None
-        out = self.results_dir / "best"
-        out.mkdir(parents=True, exist_ok=True)
-        encoding_path = out / "encodings.json"
-        # several workers may share results_dir: write each file whole, then rename it into place
-        write_atomic(encoding_path, run.sim.export_encodings)
-        write_atomic(out / "model_state.pt", lambda p: torch.save(run.sim.model.state_dict(), p))
-        pipeline_text = yaml.safe_dump(run.applied.to_dict(), sort_keys=False)
-        write_atomic(out / "pipeline.yaml", lambda p: p.write_text(pipeline_text, encoding="utf-8"))
-        costs = study_costs(study.trials, study.user_attrs)
-        n_eval = int(costs["eval_calls"])
-        is_within = within(best)
-        relative = self.budget.relative(run.sim)
-        cost_text = self.budget.describe(relative)
-        target_met = best.value >= ctx.target and is_within
-        won = str(best.user_attrs.get("best_stage_label", "")) or "its last stage"
-        tried = sorted({str(t.user_attrs.get("pipeline", "")) for t in study.trials if t.user_attrs.get("pipeline")})
-        if target_met:
-            message = (
-                f"Target met: {best.value:.4f} >= {ctx.target:.4f} (FP32 {ctx.fp32_accuracy:.4f}) by trial {best.number} "
-                f"({won}) with {run.applied} at {cost_text}, after {len(study.trials)} trial(s), {n_eval} eval call(s) "
-                f"and {costs['eval_equivalents']:.2f} eval-equivalent(s)."
-            )
-        elif best.value >= ctx.target:
-            message = (
-                f"Target not met: the best model scored {best.value:.4f} >= {ctx.target:.4f} but costs {cost_text} "
-                f"(allowed: {self.budget.max_relative_bops:g}x; pass max_relative_bops= to allow more). Returning trial "
-                f"{best.number} ({won}: {run.applied})."
-            )
-        else:
-            message = (
-                f"Target not met: the best of {len(study.trials)} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
-                f"(FP32 {ctx.fp32_accuracy:.4f}); returning trial {best.number}, {won} ({run.applied}, {cost_text}). "
-                f"Tried: {'; '.join(tried[:12])}"
-                f"{' ...' if len(tried) > 12 else ''}. Consider more trials, a larger allowed drop, higher bit-widths "
-                "or mixed precision candidates."
-            )
-        summary = {
-            "results_version": RESULTS_VERSION,
-            "aq_search_version": _version(),
-            "study_name": study.study_name,
-            "storage": self._study_label(study),
-            "fp32_accuracy": ctx.fp32_accuracy,
-            "target_accuracy": ctx.target,
-            "accuracy": best.value,
-            "target_met": target_met,
-            "best_trial": best.number,
-            "best_stage": int(best.user_attrs.get("best_stage", len(run.applied.stages))),
-            "best_stage_label": won,
-            "pipeline": str(run.applied),
-            "n_trials": len(study.trials),
-            "n_eval_calls": n_eval,
-            "n_eval_equivalents": costs["eval_equivalents"],
-            "eval_samples": costs["eval_samples"],
-            "trial_seconds": costs["seconds"],
-            "cost_by_stage": costs["by_stage"],
-            "requested": self.budget.requested,
-            "relative_bops_requested": None if relative is None else round(relative, 4),
-            "max_relative_bops": self.budget.max_relative_bops,
-            "within_budget": is_within,
-            "param_bw": self.param_bw,
-            "output_bw": self.output_bw,
-            "dummy_input_shapes": _shapes(self.dummy_input),
-            "leaf_modules": [m if isinstance(m, str) else f"{m.__module__}.{m.__qualname__}" for m in self.leaf_modules],
-            "message": message,
-        }
-        write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1), encoding="utf-8"))
-        logger.info(message)
-        result = AutoQuantResult(
-            model=run.sim.model,
-            sim=run.sim,
-            accuracy=float(best.value),
-            fp32_accuracy=ctx.fp32_accuracy,
-            target_accuracy=ctx.target,
-            target_met=target_met,
-            encoding_path=str(encoding_path),
-            pipeline=run.applied,
-            study=study,
-            n_eval_calls=n_eval,
-            n_trials=len(study.trials),
-            best_trial=best.number,
-            message=message,
-            results_dir=str(self.results_dir),
-            stage_results=tuple(run.stages),
-            n_eval_equivalents=float(costs["eval_equivalents"]),
-            relative_bops=None if relative is None else round(relative, 4),
-            within_budget=is_within,
-            best_stage=int(best.user_attrs.get("best_stage", len(run.applied.stages))),
-        )
-        publish_study(result)  # dashboard note and plots, results_dir/report.html; never raises
-        return result
+        return finish(self, study, ctx, runner)
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
@@ -835,19 +519,3 @@ class AutoQuant:
             ctx.fp32_accuracy = float((study.user_attrs if study else {}).get("fp32_accuracy", math.nan))
             ctx.target = float((study.user_attrs if study else {}).get("target_accuracy", math.nan))
         return self._replay(trial, ctx)
-
-
-def _shapes(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, (tuple, list)):
-        return [_shapes(v) for v in x]
-    if isinstance(x, Mapping):
-        return {k: _shapes(v) for k, v in x.items()}
-    return repr(x)
-
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__
