@@ -21,6 +21,7 @@ from .._errors import AQSearchError, EvalCallbackError
 from .._side_effects import guarded
 from ..inspect import record_trial
 from ..quantsim import QuantSim
+from ..techniques._registry import registered_techniques
 from ._counting import CountingEval
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
@@ -151,6 +152,8 @@ class TrialObjective:
             raise
         trial.set_user_attr("pipeline", str(pipeline))
         trial.set_user_attr("ordering", pipeline.ordering)
+        specs = registered_techniques()
+        trial.set_user_attr("stage_cost_classes", [specs[stage.key].cost for stage in pipeline.stages])
         seen: list[StageResult] = []
 
         def on_stage(index: int, result: StageResult) -> bool:

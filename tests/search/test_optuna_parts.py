@@ -65,6 +65,9 @@ def test_study_optimize_with_the_public_objective(tmp_path: Path, aq_seed: int) 
         assert trial.state == optuna.trial.TrialState.COMPLETE
         for key in ("pipeline", "stage_scores", "eval_calls", "encodings_path", "relative_bops"):
             assert key in trial.user_attrs, key
+        # the cost class of every stage, as its technique registered it
+        expected = {"bnf>scheme": ["free", "data"], "bnf>cle>scheme": ["free", "free", "data"]}
+        assert trial.user_attrs["stage_cost_classes"] == expected[trial.user_attrs["ordering"]]
     assert study.user_attrs["fp32_accuracy"] == 1.0  # the tiny case scores agreement with its own FP32 outputs
     result = aq.result(study)
     assert result.accuracy == max(t.value for t in study.trials if t.value is not None)
