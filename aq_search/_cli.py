@@ -60,7 +60,7 @@ def _demo(results_dir: str, space: str, allowed_drop: float, n_trials: int | Non
 
 def _dashboard(results_dir: str, host: str, port: int, storage: str | None) -> int:
     """optuna-dashboard on the study in ``results_dir`` with its artifacts (loopback unless told otherwise)."""
-    from .inspect import make_dashboard_server
+    from .viz import make_dashboard_server
 
     try:
         server = make_dashboard_server(results_dir, host, port, storage=storage)
@@ -80,6 +80,9 @@ def _dashboard(results_dir: str, host: str, port: int, storage: str | None) -> i
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aq-search", description="Automatic post-training quantization search.")
+    from ._version import __version__
+
+    parser.add_argument("--version", action="version", version=f"aq-search {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the embedded default: the search on a digits CNN at W4A8")

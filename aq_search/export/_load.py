@@ -154,16 +154,14 @@ def _read_pipeline(path: Path) -> Any:
 
 
 def _apply_model_stages(model: fx.GraphModule, dummy_input: Any, pipeline: Any) -> fx.GraphModule:
-    """Re-run the stages that change the float graph (BN folding, CLE); the values come from the state dict."""
+    """Re-run the stages registered with ``reapply_on_load`` (they change the graph); values come from the state dict."""
+    from ..techniques._registry import registered_techniques
+
+    techniques = registered_techniques()
     for stage in pipeline.stages:
-        if stage.key == "bnf":
-            from ..techniques import fold_all_batch_norms
-
-            model = fold_all_batch_norms(model, dummy_input, stage.config)
-        elif stage.key == "cle":
-            from ..techniques import equalize_model
-
-            model = equalize_model(model, dummy_input, stage.config)
+        spec = techniques[stage.key]
+        if spec.reapply_on_load and spec.acts_on == "model" and spec.apply is not None:
+            model = spec.apply(model, dummy_input, stage.config)
     return model
 
 

@@ -7,11 +7,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..quantsim import QuantSim
+from ..techniques._registry import Dimension, TechniqueSpec, register_technique
 from ._pipeline import RunContext
 
 __all__ = ["amp_stage", "replay_amp"]
 
 logger = logging.getLogger(__name__)
+
+
+def _amp_config_class() -> type:
+    from ..amp import MixedPrecisionConfig
+
+    return MixedPrecisionConfig
+
+
+register_technique(
+    TechniqueSpec(
+        key="amp",
+        config_class=_amp_config_class(),
+        apply=None,
+        acts_on="sim",
+        description="automatic mixed precision (per-layer bit-widths)",
+        after=("scheme",),
+        dimensions=(Dimension("num_samples_for_phase_1", int, 128, 1, 10_000_000),),
+        cost="eval",
+    )
+)
 
 
 def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | None) -> tuple[QuantSim, Any, str]:

@@ -3,193 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import time
-import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
-import yaml
 from torch import nn
 
-from .._data import as_model_args, check_batch_fits, data_fingerprint, exhausted_iterator_hint
+from .._constraints import check_parameter
+from .._data import as_model_args, check_batch_fits
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
-from .._side_effects import guarded
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
-from ..viz import publish_study, record_trial
+from ._arguments import _PARAMETER_CONSTRAINTS, check_allowed_drop, check_study, materialize
 from ._budget import Budget, check_max_relative_bops
-from ._costs import eval_equivalents, study_costs
-from ._identity import check_identity, resumed_sampler_seed, study_identity
+from ._counting import CountingEval
+from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within
 from ._pipeline import (
     Fixed,
     Pipeline,
     PipelineRun,
     RunContext,
-    StageError,
-    StageResult,
-    model_fingerprint,
     run_pipeline,
     suggest_pipeline,
     usable_orderings,
 )
-from ._prefix import PREFIX_ATTR, KnownScores
-from ._pruner import StagePruner
 from ._reference import cheap_first_params, reference_adaround, reference_differences, reference_params
-from ._run import stage_label
+from ._result import AutoQuantResult, finish
 from ._space import SearchSpace, load_search_space
-from ._storage import WORKER_ATTR, check_storage_spec, fail_dead_local_trials, make_storage, storage_label, worker_id
+from ._storage import check_storage_spec, fail_dead_local_trials, make_storage, storage_label
+from ._study import open_study
 
 __all__ = ["AutoQuant", "AutoQuantResult", "CountingEval"]
 
 logger = logging.getLogger(__name__)
-
-RESULTS_VERSION = 1
-_TARGET_ATTR = "target_met_by"
-_IDENTITY_ATTR = "identity"
-
-
-def _as_number(value: Any) -> Any:
-    """A one-element tensor or numpy array, or a numpy scalar (``numpy.float32`` ...), as a Python number."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "size", 0) == 1:
-        return value.item()  # numpy.float32/float64/int64 scalars and 0-d (or 1-element) arrays
-    return value
-
-
-class CountingEval:
-    """Wraps the user's ``eval_callback(model, num_samples)``: counts calls and checks the result."""
-
-    def __init__(self, fn: Callable[[nn.Module, int | None], Any], eval_size: int | None = None) -> None:
-        self.fn = fn
-        self.eval_size = eval_size
-        self.calls = 0
-        self.samples = 0
-        self.equivalents = 0.0  # samples / eval_size; a full evaluation counts 1
-        self.seconds = 0.0
-
-    def __call__(self, model: nn.Module, num_samples: int | None = None) -> float:
-        start = time.perf_counter()
-        training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                value = self.fn(model, num_samples)
-        except AQSearchError:
-            raise
-        except Exception as err:
-            hint = ""
-            if num_samples is not None:
-                hint = (
-                    f" (it was called with num_samples={num_samples}: if the eval set has fewer samples, evaluate them all "
-                    "then, e.g. data[:num_samples], or lower the search space's intermediate_num_samples and "
-                    "amp.num_samples_for_phase_1)"
-                )
-            raise EvalCallbackError(f"the eval callback raised {type(err).__name__}: {err}{hint}") from err
-        finally:
-            model.train(training)
-            self.calls += 1
-            self.samples += num_samples or 0
-            self.equivalents += eval_equivalents(num_samples, self.eval_size)
-            self.seconds += time.perf_counter() - start
-        value = _as_number(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EvalCallbackError(
-                f"the eval callback must return a number (higher is better). Got {type(value).__name__} {value!r} instead."
-            )
-        value = float(value)
-        if not math.isfinite(value):
-            raise EvalCallbackError(f"the eval callback returned {value}; it must return a finite number (higher is better).")
-        return value
-
-
-@dataclass(frozen=True)
-class AutoQuantResult:
-    """What :meth:`AutoQuant.optimize` returns: the best model scored, and what was tried.
-
-    Attributes:
-        model: the fake-quantized model (``sim.model``), callable like the original.
-        sim: the :class:`~aq_search.QuantSim` behind it (encodings, quantizers).
-        accuracy: its score from the eval callback (full evaluation).
-        fp32_accuracy: the FP32 model's score.
-        target_accuracy: ``fp32_accuracy - allowed_accuracy_drop``.
-        target_met: whether ``accuracy >= target_accuracy``.
-        encoding_path: the best model's encodings JSON.
-        pipeline: the techniques that produced it, in order.
-        study: the Optuna study (all trials, per-stage values, user attributes).
-        n_eval_calls: eval callback calls in the study (all trials and workers, plus FP32).
-        n_trials: finished trials in the study.
-        best_trial: number of the trial that produced the model.
-        message: a one-paragraph account of what was tried and how it went.
-        results_dir: the folder holding the model, encodings, pipeline and summary.
-        stage_results: every stage the best trial ran (cost, gain, which one won: ``best``).
-        n_eval_equivalents: evaluation cost of the study in full evaluations (subset calls count
-            ``num_samples / eval_size``).
-        relative_bops: the model's BOPs relative to the all-``w{param_bw}a{output_bw}`` model.
-        within_budget: whether that is at most ``max_relative_bops`` (``target_met`` needs it).
-        best_stage: which stage of the best trial produced the model (1-based; keep-best).
-    """
-
-    model: nn.Module
-    sim: QuantSim
-    accuracy: float
-    fp32_accuracy: float
-    target_accuracy: float
-    target_met: bool
-    encoding_path: str
-    pipeline: Pipeline
-    study: optuna.Study
-    n_eval_calls: int
-    n_trials: int
-    best_trial: int
-    message: str
-    results_dir: str
-    stage_results: tuple[StageResult, ...] = field(default=())
-    n_eval_equivalents: float = math.nan
-    relative_bops: float | None = None
-    within_budget: bool = True
-    best_stage: int = 0
-
-    def export_onnx(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write the best model as ONNX (QDQ + FP32 + encodings) and validate it; see :func:`aq_search.export_onnx`."""
-        from ..export import export_onnx
-
-        return export_onnx(self.sim, kwargs.pop("dummy_input", None), path, **kwargs)
-
-    def __repr__(self) -> str:
-        return (
-            f"AutoQuantResult(accuracy={self.accuracy:.4f}, fp32_accuracy={self.fp32_accuracy:.4f}, "
-            f"target_met={self.target_met}, pipeline='{self.pipeline}', n_trials={self.n_trials}, "
-            f"n_eval_calls={self.n_eval_calls}, relative_bops={self.relative_bops})"
-        )
-
-
-def _materialize(data_loader: Any, limit: int | None) -> list[Any]:
-    if isinstance(data_loader, (torch.Tensor, str, bytes)) or not isinstance(data_loader, Iterable):
-        raise InvalidInputError(
-            "data_loader must be a DataLoader or a re-iterable of batches (e.g. a list of tensors). "
-            f"Got {type(data_loader).__name__} instead."
-        )
-    batches = []
-    for i, batch in enumerate(data_loader):
-        if limit is not None and i >= limit:
-            break
-        batches.append(batch)
-    if not batches:
-        raise InvalidInputError(
-            "data_loader yielded no batches: calibration needs unlabeled data (at least one batch)."
-            + exhausted_iterator_hint(data_loader)
-        )
-    return batches
 
 
 class AutoQuant:
@@ -243,6 +94,26 @@ class AutoQuant:
             search space's ``target:`` key. It fixes the activation grid (TensorRT: signed symmetric
             int8), rejects bit-widths the runtime cannot run (e.g. TensorRT W4A8) and keeps only the AMP
             candidates it runs. Rules and sources: ``docs/targets.md``.
+        sampler: an Optuna sampler to use instead of the space's (``sampler:`` key); it is used as
+            given (not reseeded when a study is resumed).
+        pruner: an Optuna pruner to use instead of the space's (``pruner:`` key).
+        study: an existing Optuna study (``direction="maximize"``) to run the trials in, instead of
+            one opened from ``storage``/``study_name``; its own sampler and pruner are kept unless
+            ``sampler=``/``pruner=`` are given.
+        artifact_store: an Optuna artifact store (e.g. ``optuna.artifacts.FileSystemArtifactStore``);
+            each completed trial's artifacts (encodings, charts) go there instead of ``results_dir/artifacts``.
+        progress: show the trial progress bar (tqdm); ``False`` turns it off.
+
+    Driving the study yourself: :meth:`setup_study` opens (or takes) the study and evaluates the
+    FP32 model; :attr:`objective` is then the study's objective and :meth:`result` builds the
+    :class:`AutoQuantResult`::
+
+        study = aq.setup_study(allowed_accuracy_drop=0.01)
+        study.optimize(aq.objective, n_trials=10, callbacks=[aq.objective.after_trial, my_callback])
+        result = aq.result(study)
+
+    ``study.optimize(aq.objective)`` on a study that was not set up works too: the first trial
+    prepares the context (calibration data, FP32 score, ``allowed_accuracy_drop=0.01``).
     """
 
     def __init__(
@@ -273,6 +144,11 @@ class AutoQuant:
         max_relative_bops: float | None = None,
         eval_size: int | None = None,
         target: str | TargetProfile | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+        study: optuna.Study | None = None,
+        artifact_store: Any = None,
+        progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
@@ -286,32 +162,34 @@ class AutoQuant:
         check_bitwidth(param_bw, "param_bw")
         check_bitwidth(output_bw, "output_bw")
         as_model_args(dummy_input)
-        if num_calibration_batches is not None and (
-            isinstance(num_calibration_batches, bool)
-            or not isinstance(num_calibration_batches, int)
-            or num_calibration_batches < 1
+        for name, value in (
+            ("num_calibration_batches", num_calibration_batches),
+            ("per_channel", per_channel),
+            ("heartbeat_interval", heartbeat_interval),
+            ("grace_period", grace_period),
+            ("max_retries", max_retries),
+            ("eval_size", eval_size),
+            ("progress", progress),
         ):
-            raise InvalidInputError(
-                "The 'num_calibration_batches' parameter must be a positive int or None. "
-                f"Got {num_calibration_batches!r} instead."
-            )
-        if per_channel is not None and not isinstance(per_channel, bool):
-            raise InvalidInputError(f"The 'per_channel' parameter must be True, False or None. Got {per_channel!r} instead.")
-        for name, value, low in (
-            ("heartbeat_interval", heartbeat_interval, 1),
-            ("grace_period", grace_period, 1),
-            ("max_retries", max_retries, 0),
-        ):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-                raise InvalidInputError(f"The '{name}' parameter must be an int >= {low} or None. Got {value!r} instead.")
+            check_parameter(name, "AutoQuant", value, _PARAMETER_CONSTRAINTS[name])
         if storage is not None:
             check_storage_spec(storage)
         if max_relative_bops is not None:
             check_max_relative_bops(max_relative_bops)
-        if eval_size is not None and (isinstance(eval_size, bool) or not isinstance(eval_size, int) or eval_size < 1):
+        if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
             raise InvalidInputError(
-                "The 'eval_size' parameter of AutoQuant must be a positive int (the number of samples of the full "
-                f"evaluation) or None. Got {eval_size!r} instead."
+                f"The 'sampler' parameter of AutoQuant must be an optuna.samplers.BaseSampler or None. Got {sampler!r} instead."
+            )
+        if pruner is not None and not isinstance(pruner, optuna.pruners.BasePruner):
+            raise InvalidInputError(
+                f"The 'pruner' parameter of AutoQuant must be an optuna.pruners.BasePruner or None. Got {pruner!r} instead."
+            )
+        if study is not None:
+            check_study(study)
+        if artifact_store is not None and not (hasattr(artifact_store, "write") and hasattr(artifact_store, "open_reader")):
+            raise InvalidInputError(
+                "The 'artifact_store' parameter of AutoQuant must be an Optuna artifact store (e.g. "
+                f"optuna.artifacts.FileSystemArtifactStore) or None. Got {artifact_store!r} instead."
             )
         self.model = model
         self.dummy_input = dummy_input
@@ -343,6 +221,11 @@ class AutoQuant:
         self.max_retries = max_retries
         self.sampler_seed = sampler_seed
         self.eval_size = eval_size
+        self.sampler = sampler
+        self.pruner = pruner
+        self.study = study
+        self.artifact_store = artifact_store
+        self.progress = progress
         if max_relative_bops is not None:  # the argument overrides the space's (and so enters the study identity)
             self.space = dataclasses.replace(self.space, max_relative_bops=float(max_relative_bops))
         self.budget = Budget(param_bw, output_bw, self.space.max_relative_bops)
@@ -358,6 +241,8 @@ class AutoQuant:
             self.set_mixed_precision_params(candidates=mixed_precision_candidates)
         self._ctx: RunContext | None = None
         self._eval: CountingEval | None = None
+        self._objective: TrialObjective | None = None
+        self._allowed_drop = 0.01
 
     # -- AIMET-familiar setters ---------------------------------------------------------------------
     def set_adaround_params(self, params: Any) -> None:
@@ -384,7 +269,7 @@ class AutoQuant:
             return self._ctx
         self.results_dir.mkdir(parents=True, exist_ok=True)
         prepared = prepare_model(self.model, self.dummy_input, leaf_modules=self.leaf_modules)
-        batches = _materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
+        batches = materialize(self.data_loader, self.num_calibration_batches)  # read once: a generator works too
         if self.forward_fn is None:
             check_batch_fits(prepared, batches[0])  # labelled (x, y) batches fail here, before any search
         self._eval = CountingEval(self.eval_callback, self.eval_size)
@@ -454,26 +339,14 @@ class AutoQuant:
             )
         return self._storage_obj
 
-    def _sampler(self, n_existing_trials: int = 0) -> optuna.samplers.BaseSampler:
-        seed = resumed_sampler_seed(self.sampler_seed if self.sampler_seed is not None else self.seed, n_existing_trials)
-        if self.space.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=seed,
-                n_startup_trials=self.space.n_startup_trials,
-                multivariate=True,
-                group=True,
-                constant_liar=True,
-            )
+    def _study_label(self, study: optuna.Study) -> str:
+        if self.study is not None:
+            return f"study {study.study_name!r} given to AutoQuant"
+        return storage_label(self._storage_spec())
 
-    def _pruner(self) -> optuna.pruners.BasePruner:
-        p = self.space.pruner
-        if p.type == "none":
-            return optuna.pruners.NopPruner()
-        percentile = 50.0 if p.type == "median" else p.percentile
-        return StagePruner(percentile, n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+    def _storage_of(self, study: optuna.Study) -> optuna.storages.BaseStorage | None:
+        """The storage of a study this object opened (``None`` for a user's ``study=``: its storage is theirs)."""
+        return self._storage() if self.study is None else None
 
     def _fixed(self) -> Fixed:
         return Fixed(adaround=self._adaround_params, amp_candidates=self._amp_candidates, per_channel=self.per_channel)
@@ -492,52 +365,62 @@ class AutoQuant:
         }
 
     def _open_study(self, ctx: RunContext, allowed_drop: float) -> optuna.Study:
-        name = self.study_name or self._default_study_name()
-        study = optuna.create_study(
-            study_name=name,
-            storage=self._storage(),
-            sampler=self._sampler(),
-            pruner=self._pruner(),
-            direction="maximize",
-            load_if_exists=True,
-        )
-        attrs = study.user_attrs
-        identity = study_identity(
-            model_fingerprint=model_fingerprint(ctx.model),
-            data_fingerprint=data_fingerprint(ctx.calibration),
-            space_fingerprint=self.space.fingerprint(),
-            param_bw=self.param_bw,
-            output_bw=self.output_bw,
-            allowed_accuracy_drop=allowed_drop,
-            quant_scheme=self.quant_scheme,
-            per_channel=self.per_channel,
-            adaround_params=self._adaround_params,
-            amp_candidates=self._amp_candidates,
-            seed=self.seed,
-            target=self.deployment_target.name,
-            max_relative_bops=self.budget.max_relative_bops,
-        )
-        # identity and FP32 accuracy live in ONE attribute, so a worker starting beside another never
-        # sees half of it (several set_user_attr calls are not atomic across processes)
-        recorded = attrs.get(_IDENTITY_ATTR)
-        if isinstance(recorded, dict):
-            check_identity(recorded, identity, study=name, storage=storage_label(self._storage_spec()))
-            ctx.fp32_accuracy = float(recorded["fp32_accuracy"])
-            if study.trials:  # a resumed run: a sampler seeded as the first run's would propose its trials again
-                study.sampler = self._sampler(len(study.trials))
-            logger.info("resuming study %r: %d trial(s) so far", name, len(study.trials))
-        else:
-            ctx.fp32_accuracy = self._fp32(ctx)
-            study.set_user_attr(_IDENTITY_ATTR, {**identity, "fp32_accuracy": ctx.fp32_accuracy})
-            for k, v in identity.items():  # also one by one, for the dashboard and notebooks
-                study.set_user_attr(k, v)
-            study.set_user_attr("fp32_accuracy", ctx.fp32_accuracy)
-            study.set_user_attr("fp32_eval_calls", 1)
-            study.set_user_attr("search_space", self.space.to_dict())
-            study.set_user_attr("results_dir", str(self.results_dir.resolve()))
-        ctx.target = ctx.fp32_accuracy - allowed_drop
-        study.set_user_attr("target_accuracy", ctx.target)
-        return study
+        return open_study(self, ctx, allowed_drop)
+
+    def setup_study(self, allowed_accuracy_drop: float = 0.01, *, study: optuna.Study | None = None) -> optuna.Study:
+        """Open (or take) the study, evaluate the FP32 model once and enqueue the reference trials.
+
+        After this, ``study.optimize(aq.objective, callbacks=[aq.objective.after_trial])`` runs the
+        search with Optuna's own loop, and :meth:`result` returns the best model.
+
+        Args:
+            allowed_accuracy_drop: tolerated drop in the eval callback's units (>= 0).
+            study: an existing study to use (as ``AutoQuant(study=...)``); default: the constructor's
+                ``study=``, else the one opened from ``storage``/``study_name``.
+
+        Returns:
+            The study, with the identity, FP32 score and target recorded in its user attributes.
+        """
+        check_allowed_drop(allowed_accuracy_drop)
+        if study is not None:
+            check_study(study)
+            self.study = study
+        self._allowed_drop = float(allowed_accuracy_drop)
+        ctx = self._context()
+        orderings = usable_orderings(self.space, self.param_bw, self.output_bw, self._fixed())
+        if not orderings:
+            raise InvalidInputError(
+                f"search space {self.space.source}: no valid ordering is left for w{self.param_bw}a{self.output_bw} "
+                "(AMP orderings need two or more distinct candidates)."
+            )
+        opened = self._open_study(ctx, self._allowed_drop)
+        if self.space.replay_reference and not opened.trials:
+            params = self._reference_params(orderings)
+            if params is not None:
+                attrs = self._reference_attrs(params, orderings, ctx)
+                opened.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+            cheap = cheap_first_params(self.space, orderings, self.per_channel)
+            if cheap is not None:
+                opened.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
+        complete = [t for t in opened.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and within(t)]
+        if met and target_met_by(opened) is None:  # its worker died between finishing the trial and marking the study
+            opened.set_user_attr(TARGET_ATTR, met[0])
+        return opened
+
+    @property
+    def objective(self) -> TrialObjective:
+        """The study's objective, ``objective(trial) -> float`` (one object per AutoQuant).
+
+        ``study.optimize(aq.objective, callbacks=[...])`` runs AutoQuant trials in a study you drive;
+        each trial carries the usual records (pipeline, stage scores, eval costs, encodings). The
+        context (calibration data, FP32 score, target) is prepared lazily on the first trial when
+        :meth:`setup_study` was not called. Pass ``aq.objective.after_trial`` as a callback to stop the
+        study once the target is met.
+        """
+        if self._objective is None:
+            self._objective = TrialObjective(self, progress=self.progress)
+        return self._objective
 
     def optimize(
         self,
@@ -556,173 +439,50 @@ class AutoQuant:
         Returns:
             The best model scored (even when no trial met the target; see ``target_met``).
         """
-        if (
-            isinstance(allowed_accuracy_drop, bool)
-            or not isinstance(allowed_accuracy_drop, (int, float))
-            or not (math.isfinite(allowed_accuracy_drop) and allowed_accuracy_drop >= 0)
-        ):
-            raise InvalidInputError(
-                f"The 'allowed_accuracy_drop' parameter must be a number >= 0 (in the eval callback's units, e.g. 0.01). "
-                f"Got {allowed_accuracy_drop!r} instead."
-            )
+        check_allowed_drop(allowed_accuracy_drop)
         if n_trials is not None and (isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1):
             raise InvalidInputError(f"The 'n_trials' parameter must be a positive int or None. Got {n_trials!r} instead.")
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
             raise InvalidInputError(
                 f"The 'timeout' parameter must be a positive number of seconds or None. Got {timeout!r} instead."
             )
-        ctx = self._context()
-        orderings = usable_orderings(self.space, self.param_bw, self.output_bw, self._fixed())
-        if not orderings:
-            raise InvalidInputError(
-                f"search space {self.space.source}: no valid ordering is left for w{self.param_bw}a{self.output_bw} "
-                "(AMP orderings need two or more distinct candidates)."
-            )
-        study = self._open_study(ctx, float(allowed_accuracy_drop))
-        if self.space.replay_reference and not study.trials:
-            params = self._reference_params(orderings)
-            if params is not None:
-                attrs = self._reference_attrs(params, orderings, ctx)
-                study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
-            cheap = cheap_first_params(self.space, orderings, self.per_channel)
-            if cheap is not None:
-                study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
+        study = self.setup_study(allowed_accuracy_drop)
         finished = [t for t in study.trials if t.state.is_finished()]
-        complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and _within(t)]
-        if met and _target_met_by(study) is None:  # its worker died between finishing the trial and marking the study
-            study.set_user_attr(_TARGET_ATTR, met[0])
         budget = n_trials if n_trials is not None else max(0, self.space.max_trials - len(finished))
-        runner = _TrialRunner(self, ctx)
-        fail_dead_local_trials(study, self._storage(), self.max_retries)
+        runner = self.objective
+        storage = self._storage_of(study)
+        if storage is not None:
+            fail_dead_local_trials(study, storage, self.max_retries)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [runner.after_trial]
         if n_trials is None:  # the space's max_trials bounds the whole study, however many workers share it
             states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             callbacks.append(optuna.study.MaxTrialsCallback(self.space.max_trials, states=states))
-        if _target_met_by(study) is None and budget > 0:
-            study.optimize(
-                runner,
-                n_trials=budget,
-                timeout=timeout,
-                catch=(AQSearchError,),
-                callbacks=callbacks,
-                gc_after_trial=False,
-            )
-            runner.close()
-        return self._finish(study, ctx, runner)
+        if target_met_by(study) is None and budget > 0:
+            try:
+                study.optimize(
+                    runner,
+                    n_trials=budget,
+                    timeout=timeout,
+                    catch=(AQSearchError,),
+                    callbacks=callbacks,
+                    gc_after_trial=False,
+                )
+            finally:
+                runner.close()
+        return self.result(study)
+
+    def result(self, study: optuna.Study | None = None) -> AutoQuantResult:
+        """The best model of ``study`` (default: the one :meth:`setup_study` opened), saved to ``results_dir/best``."""
+        ctx = self._context()
+        if study is None:
+            study = self.study if self.study is not None and not math.isnan(ctx.target) else self.setup_study(self._allowed_drop)
+        elif math.isnan(ctx.target):
+            self.setup_study(self._allowed_drop, study=study)
+        return self._finish(study, ctx, self.objective)
 
     # -- results --------------------------------------------------------------------------------
-    def _finish(self, study: optuna.Study, ctx: RunContext, runner: _TrialRunner) -> AutoQuantResult:
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
-        if not complete:
-            raise AQSearchError(
-                "no trial completed, so there is no quantized model to return; the failed trials' messages are in "
-                f"the study ({storage_label(self._storage_spec())}): "
-                + "; ".join(str(t.user_attrs.get("error", "")) for t in study.trials[-3:])
-            )
-        best = max(complete, key=lambda t: (_within(t), t.value, -t.number))
-        run = runner.best_run if runner.best_number == best.number else None
-        if run is None:  # the best trial ran in another process (or an earlier run): rebuild it here
-            run = self._replay(best, ctx)
-            if not math.isclose(run.score, float(best.value or 0.0), rel_tol=0.0, abs_tol=1e-6):
-                logger.warning(
-                    "replaying trial %d here scored %.6f, not the %.6f it recorded (different machine, threads or "
-                    "library versions?); saving the replayed model, reporting the recorded score",
-                    best.number,
-                    run.score,
-                    best.value,
-                )
-        assert best.value is not None
-        out = self.results_dir / "best"
-        out.mkdir(parents=True, exist_ok=True)
-        encoding_path = out / "encodings.json"
-        # several workers may share results_dir: write each file whole, then rename it into place
-        _write_atomic(encoding_path, run.sim.export_encodings)
-        _write_atomic(out / "model_state.pt", lambda p: torch.save(run.sim.model.state_dict(), p))
-        pipeline_text = yaml.safe_dump(run.applied.to_dict(), sort_keys=False)
-        _write_atomic(out / "pipeline.yaml", lambda p: p.write_text(pipeline_text, encoding="utf-8"))
-        costs = study_costs(study.trials, study.user_attrs)
-        n_eval = int(costs["eval_calls"])
-        within = _within(best)
-        relative = self.budget.relative(run.sim)
-        cost_text = self.budget.describe(relative)
-        target_met = best.value >= ctx.target and within
-        won = str(best.user_attrs.get("best_stage_label", "")) or "its last stage"
-        tried = sorted({str(t.user_attrs.get("pipeline", "")) for t in study.trials if t.user_attrs.get("pipeline")})
-        if target_met:
-            message = (
-                f"Target met: {best.value:.4f} >= {ctx.target:.4f} (FP32 {ctx.fp32_accuracy:.4f}) by trial {best.number} "
-                f"({won}) with {run.applied} at {cost_text}, after {len(study.trials)} trial(s), {n_eval} eval call(s) "
-                f"and {costs['eval_equivalents']:.2f} eval-equivalent(s)."
-            )
-        elif best.value >= ctx.target:
-            message = (
-                f"Target not met: the best model scored {best.value:.4f} >= {ctx.target:.4f} but costs {cost_text} "
-                f"(allowed: {self.budget.max_relative_bops:g}x; pass max_relative_bops= to allow more). Returning trial "
-                f"{best.number} ({won}: {run.applied})."
-            )
-        else:
-            message = (
-                f"Target not met: the best of {len(study.trials)} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
-                f"(FP32 {ctx.fp32_accuracy:.4f}); returning trial {best.number}, {won} ({run.applied}, {cost_text}). "
-                f"Tried: {'; '.join(tried[:12])}"
-                f"{' ...' if len(tried) > 12 else ''}. Consider more trials, a larger allowed drop, higher bit-widths "
-                "or mixed precision candidates."
-            )
-        summary = {
-            "results_version": RESULTS_VERSION,
-            "aq_search_version": _version(),
-            "study_name": study.study_name,
-            "storage": storage_label(self._storage_spec()),
-            "fp32_accuracy": ctx.fp32_accuracy,
-            "target_accuracy": ctx.target,
-            "accuracy": best.value,
-            "target_met": target_met,
-            "best_trial": best.number,
-            "best_stage": int(best.user_attrs.get("best_stage", len(run.applied.stages))),
-            "best_stage_label": won,
-            "pipeline": str(run.applied),
-            "n_trials": len(study.trials),
-            "n_eval_calls": n_eval,
-            "n_eval_equivalents": costs["eval_equivalents"],
-            "eval_samples": costs["eval_samples"],
-            "trial_seconds": costs["seconds"],
-            "cost_by_stage": costs["by_stage"],
-            "requested": self.budget.requested,
-            "relative_bops_requested": None if relative is None else round(relative, 4),
-            "max_relative_bops": self.budget.max_relative_bops,
-            "within_budget": within,
-            "param_bw": self.param_bw,
-            "output_bw": self.output_bw,
-            "dummy_input_shapes": _shapes(self.dummy_input),
-            "leaf_modules": [m if isinstance(m, str) else f"{m.__module__}.{m.__qualname__}" for m in self.leaf_modules],
-            "message": message,
-        }
-        _write_atomic(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1), encoding="utf-8"))
-        logger.info(message)
-        result = AutoQuantResult(
-            model=run.sim.model,
-            sim=run.sim,
-            accuracy=float(best.value),
-            fp32_accuracy=ctx.fp32_accuracy,
-            target_accuracy=ctx.target,
-            target_met=target_met,
-            encoding_path=str(encoding_path),
-            pipeline=run.applied,
-            study=study,
-            n_eval_calls=n_eval,
-            n_trials=len(study.trials),
-            best_trial=best.number,
-            message=message,
-            results_dir=str(self.results_dir),
-            stage_results=tuple(run.stages),
-            n_eval_equivalents=float(costs["eval_equivalents"]),
-            relative_bops=None if relative is None else round(relative, 4),
-            within_budget=within,
-            best_stage=int(best.user_attrs.get("best_stage", len(run.applied.stages))),
-        )
-        publish_study(result)  # dashboard note and plots, results_dir/report.html; never raises
-        return result
+    def _finish(self, study: optuna.Study, ctx: RunContext, runner: TrialObjective) -> AutoQuantResult:
+        return finish(self, study, ctx, runner)
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
@@ -759,214 +519,3 @@ class AutoQuant:
             ctx.fp32_accuracy = float((study.user_attrs if study else {}).get("fp32_accuracy", math.nan))
             ctx.target = float((study.user_attrs if study else {}).get("target_accuracy", math.nan))
         return self._replay(trial, ctx)
-
-
-def may_prune_after(pipeline: Pipeline, index: int) -> bool:
-    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while an
-    ``amp`` stage is still to come (mixed precision can recover any score before it, so scores before
-    AMP say little about where the trial ends)."""
-    later = pipeline.stages[index + 1 :]
-    return bool(later) and not any(stage.key == "amp" for stage in later)
-
-
-def _write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _within(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether a finished trial's result is within the cost budget (trials from before budgets: yes)."""
-    return trial.user_attrs.get("within_budget", True) is not False
-
-
-def _target_met_by(study: optuna.Study) -> int | None:
-    value = study.user_attrs.get(_TARGET_ATTR)
-    return int(value) if value is not None else None
-
-
-class _TrialRunner:
-    """The objective: one trial = one pipeline, reported stage by stage."""
-
-    def __init__(self, aq: AutoQuant, ctx: RunContext) -> None:
-        self.aq = aq
-        self.ctx = ctx
-        self.best_run: PipelineRun | None = None
-        self.best_number = -1
-        self.best_value = -math.inf
-        self.best_rank: tuple[bool, float] = (False, -math.inf)  # (within budget, score), as _finish ranks trials
-        self.worker = worker_id()
-        self._bar: Any = None
-
-    def _progress(self, study: optuna.Study) -> None:
-        if self._bar is None:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(desc="aq-search trials", unit="trial", leave=False)
-        self._bar.update(1)
-        best = study.user_attrs.get("best_value")
-        if best is not None:
-            self._bar.set_postfix(best=f"{best:.4f}", target=f"{self.ctx.target:.4f}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-    def __call__(self, trial: optuna.Trial) -> float:
-        ctx = self.ctx
-        study = trial.study
-        trial.set_user_attr(WORKER_ATTR, self.worker)
-        retried = study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
-        if retried is not None:  # a retry of a trial whose worker died (heartbeat expired / process gone)
-            trial.set_user_attr("retry_of", int(retried))
-        if _target_met_by(study) is not None:
-            trial.set_user_attr("stopped", f"target already met by trial {_target_met_by(study)}")
-            study.stop()
-            raise optuna.TrialPruned("target already met")
-        assert isinstance(ctx.evaluate, CountingEval)
-        counter = ctx.evaluate
-        calls0, samples0, eval_s0, eq0 = counter.calls, counter.samples, counter.seconds, counter.equivalents
-        ctx.known = KnownScores.from_trials(study.get_trials(deepcopy=False))
-        hits0 = dict(ctx.cache_hits)
-        start = time.perf_counter()
-
-        def record(stages: list[StageResult] | None = None) -> None:
-            trial.set_user_attr("eval_calls", counter.calls - calls0)
-            trial.set_user_attr("eval_samples", counter.samples - samples0)
-            trial.set_user_attr("eval_equivalents", round(counter.equivalents - eq0, 6))
-            trial.set_user_attr("eval_seconds", round(counter.seconds - eval_s0, 3))
-            trial.set_user_attr("wall_seconds", round(time.perf_counter() - start, 3))
-            trial.set_user_attr("cache_hits", {k: v - hits0.get(k, 0) for k, v in ctx.cache_hits.items() if v - hits0.get(k, 0)})
-            if stages is not None:
-                trial.set_user_attr("stage_scores", [s.to_dict() for s in stages])
-                trial.set_user_attr(PREFIX_ATTR, [s.prefix_key for s in stages])
-
-        try:
-            pipeline = self.aq._pipeline_for(trial, ctx)
-        except AQSearchError as err:
-            trial.set_user_attr("error", str(err))
-            record()
-            raise
-        trial.set_user_attr("pipeline", str(pipeline))
-        trial.set_user_attr("ordering", pipeline.ordering)
-        seen: list[StageResult] = []
-
-        def on_stage(index: int, result: StageResult) -> bool:
-            seen.append(result)
-            record(seen)
-            trial.report(result.score, step=index)
-            if result.num_samples is None and result.score >= ctx.target and result.within_budget:
-                return True  # target met within the cost budget: finish with the stages applied so far
-            if _target_met_by(study) is not None:
-                trial.set_user_attr("stopped", f"target met by trial {_target_met_by(study)}")
-                raise optuna.TrialPruned("target met by another trial")
-            if may_prune_after(pipeline, index) and trial.should_prune():
-                trial.set_user_attr("pruned_at_stage", f"{index + 1}: {pipeline.stages[index].describe()}")
-                raise optuna.TrialPruned(f"pruned after stage {index + 1} ({result.score:.4f})")
-            return False
-
-        try:
-            run = run_pipeline(ctx, pipeline, on_stage)
-        except StageError as err:
-            trial.set_user_attr("error", str(err))
-            record(seen)
-            logger.warning("trial %d failed: %s", trial.number, err)
-            raise
-        except EvalCallbackError as err:
-            trial.set_user_attr("error", f"eval callback: {err}")
-            record(seen)
-            raise
-        record(run.stages)
-        # keep-best: the trial's value and model are its best stage's; stages_applied rebuilds it on replay
-        trial.set_user_attr("stages_applied", run.best_index + 1)
-        trial.set_user_attr("stages_run", len(run.stages))
-        trial.set_user_attr("best_stage", run.best_index + 1)
-        trial.set_user_attr("best_stage_label", stage_label(run))
-        trial.set_user_attr("last_stage_score", run.stages[-1].score if run.stages else run.score)
-        trial.set_user_attr("pipeline_applied", str(run.applied))
-        trial.set_user_attr("completed_early", run.completed_early)
-        trial.set_user_attr("relative_bops", _relative_bops(run))
-        relative = self.aq.budget.relative(run.sim)
-        trial.set_user_attr("relative_bops_requested", None if relative is None else round(relative, 4))
-        trial.set_user_attr("within_budget", run.within_budget)
-        trial.set_user_attr("scheme", f"{run.sim.param_quant_scheme.name}/{run.sim.activation_quant_scheme.name}")
-        enc_path = guarded(trial, "writing its encodings", lambda: _write_encodings(run.sim, self.aq.results_dir, trial.number))
-        if enc_path is not None:  # a failed write is recorded on the trial (side_effect_errors); the score stands
-            trial.set_user_attr("encodings_path", str(enc_path))
-        if (run.within_budget, run.score) > self.best_rank:
-            self.best_rank, self.best_value = (run.within_budget, run.score), run.score
-            self.best_number, self.best_run = trial.number, run
-        record_trial(trial, run, self.aq.results_dir, fp32_accuracy=ctx.fp32_accuracy, target_accuracy=ctx.target)
-        return run.score
-
-    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if trial.state == optuna.trial.TrialState.COMPLETE and trial.value is not None:
-            # set only once the trial is COMPLETE, so every worker that sees it can also use the trial
-            within = trial.user_attrs.get("within_budget", True) is not False
-            if trial.value >= self.ctx.target and within and _target_met_by(study) is None:
-                study.set_user_attr(_TARGET_ATTR, trial.number)
-            best = study.user_attrs.get("best_value")
-            if best is None or trial.value > best:
-                study.set_user_attr("best_value", trial.value)
-        self._progress(study)
-        if _target_met_by(study) is not None:
-            study.stop()
-        else:
-            fail_dead_local_trials(study, self.aq._storage(), self.aq.max_retries)
-
-
-def _write_encodings(sim: QuantSim, results_dir: Path, number: int) -> Path:
-    """``results_dir/trials/trial_NNNN/encodings.json``: a trial's encodings."""
-    folder = results_dir / "trials" / f"trial_{number:04d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    sim.export_encodings(folder / "encodings.json")
-    return folder / "encodings.json"
-
-
-def relative_bops(sim: QuantSim) -> float | None:
-    """Bit operations of ``sim`` relative to the same model with every layer at W8A8.
-
-    BOPs of a layer = MACs x weight bits x input-activation bits (a float tensor counts 32 bits).
-    """
-    from ..amp import layer_costs
-
-    costs = layer_costs(sim)
-    acts = sim.activation_quantizers
-    total = reference = 0.0
-    for layer, cost in costs.items():
-        pq = sim.param_quantizer(layer)
-        p_bits = pq.bitwidth if pq.enabled else 32
-        inputs = [acts[a] for a in sim.input_quantizers_of(layer)]
-        a_bits = max((q.bitwidth if q.enabled else 32 for q in inputs), default=32)
-        total += cost.macs * p_bits * a_bits
-        reference += cost.macs * 64
-    return total / reference if reference else None
-
-
-def _relative_bops(run: PipelineRun) -> float | None:
-    try:
-        value = relative_bops(run.sim)
-    except Exception:
-        logger.debug("relative BOPs unavailable", exc_info=True)
-        return None
-    return None if value is None else round(value, 4)
-
-
-def _shapes(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return list(x.shape)
-    if isinstance(x, (tuple, list)):
-        return [_shapes(v) for v in x]
-    if isinstance(x, Mapping):
-        return {k: _shapes(v) for k, v in x.items()}
-    return repr(x)
-
-
-def _version() -> str:
-    from .._version import __version__
-
-    return __version__

@@ -26,6 +26,7 @@ from .._data import tensor_fingerprint
 from .._errors import AQSearchError, InvalidInputError
 from ..quantsim import QuantSim
 from ..techniques._config import TechniqueConfig
+from ..techniques._registry import TechniqueSpec, register_technique, registered_techniques
 from ._schedule import ADAROUND_PATIENCE, adaround_iterations
 from ._space import FloatRange, IntRange, ParamSpec, SearchSpace, validate_ordering
 
@@ -96,6 +97,18 @@ class SchemeSelectConfig(TechniqueConfig):
             raise self._fail("select_by", "'eval' or 'sqnr'", self.select_by)
 
 
+register_technique(
+    TechniqueSpec(
+        key="scheme",
+        config_class=SchemeConfig,
+        apply=None,
+        acts_on="scheme",
+        description="choose the quant scheme (param/activation range setting, per-channel weights)",
+        cost="data",
+    )
+)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One step of a pipeline: a technique key and its config."""
@@ -120,7 +133,8 @@ class Stage:
             if c.replace_relu6 != "always":
                 opts.append(f"relu6:{c.replace_relu6}")
             return f"cle({', '.join(opts)})"
-        return self.key
+        spec = registered_techniques().get(self.key)
+        return spec.describe(c) if spec is not None and spec.generic else self.key
 
 
 @dataclass(frozen=True)
@@ -144,21 +158,9 @@ class Pipeline:
 
 
 def _config_types() -> dict[str, type[TechniqueConfig]]:
-    from ..amp import MixedPrecisionConfig
-    from ..techniques import AdaRoundParams, BatchNormFoldConfig, BiasCorrectionConfig, CLEConfig
-
-    return {
-        cls.__name__: cls
-        for cls in (
-            SchemeConfig,
-            SchemeSelectConfig,
-            BatchNormFoldConfig,
-            CLEConfig,
-            BiasCorrectionConfig,
-            AdaRoundParams,
-            MixedPrecisionConfig,
-        )
-    }
+    types: dict[str, type[TechniqueConfig]] = {SchemeSelectConfig.__name__: SchemeSelectConfig}
+    types.update({spec.config_class.__name__: spec.config_class for spec in registered_techniques().values()})
+    return types
 
 
 def pipeline_from_dict(data: Any, where: str = "pipeline") -> Pipeline:
@@ -293,8 +295,10 @@ def suggest_pipeline(
                 candidates=tuple(label.split("/")),
                 num_samples_for_phase_1=int(_suggest(trial, "amp__num_samples_for_phase_1", space.amp.num_samples_for_phase_1)),
             )
-        else:  # pragma: no cover - validate_ordering rejects unknown keys
-            raise InvalidInputError(f"unknown technique {key!r}")
+        else:  # a generic technique: its dimensions, as the registry declares them
+            spec = registered_techniques()[key]
+            dims = space.techniques.get(spec.space_key, {})
+            config = spec.build({d.name: _suggest(trial, f"{key}__{d.name}", dims[d.name]) for d in spec.dimensions})
         stages.append(Stage(key, config))
     return Pipeline(tuple(stages))
 
@@ -460,17 +464,14 @@ StageCallback = Callable[[int, StageResult], bool]
 
 
 def _model_stage(ctx: RunContext, model: fx.GraphModule, stage: Stage) -> fx.GraphModule:
-    from ..techniques import equalize_model, fold_all_batch_norms
-
     key = hashlib.sha256(f"{model_fingerprint(model)}|{stage.key}|{stage.config.to_dict()}".encode()).hexdigest()
     cached = ctx.model_cache.get_item(key)
     if cached is not None:
         ctx.hit(stage.key)
         return copy.deepcopy(cached)
-    if stage.key == "bnf":
-        out = fold_all_batch_norms(model, ctx.dummy_input, stage.config)
-    else:
-        out = equalize_model(model, ctx.dummy_input, stage.config)
+    apply = registered_techniques()[stage.key].apply
+    assert apply is not None
+    out = apply(model, ctx.dummy_input, stage.config)
     ctx.model_cache.put(key, copy.deepcopy(out))
     return out
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .._errors import AQSearchError
 from ..quantsim import QuantSim
+from ..techniques._registry import registered_techniques
 from ._fidelity import could_meet
 from ._keepbest import KeepBest, Kept
 from ._pipeline import (
@@ -81,6 +82,9 @@ def _sim_stage(ctx: RunContext, sim: QuantSim, stage: Any, record: dict[str, Any
         return sim, None, "", None, None
     if stage.key == "bc":
         return correct_bias(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn), None, "", None, None
+    spec = registered_techniques()[stage.key]
+    if spec.generic and spec.apply is not None:
+        return spec.apply(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn), None, "", None, None
     from ._ampstage import amp_stage, replay_amp
 
     if record is not None and isinstance(record.get("choice"), dict):
@@ -113,7 +117,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         choice: Any = None
         record = known.get(keys[index], ctx.intermediate_num_samples) if known is not None else None
         try:
-            if stage.key in ("bnf", "cle"):
+            if registered_techniques()[stage.key].acts_on == "model":
                 model = _model_stage(ctx, model, stage)
                 sim = None
             elif isinstance(stage.config, SchemeConfig):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,8 +22,9 @@ from typing import Any
 
 import yaml
 
-from .._errors import SearchSpaceError
+from .._errors import InvalidInputError, SearchSpaceError
 from ..quantsim._range import _parse_scheme
+from ._ordering import STAGES, validate_ordering
 
 __all__ = [
     "AIMET_SCHEME_CANDIDATES",
@@ -43,17 +45,6 @@ __all__ = [
     "validate_ordering",
 ]
 
-#: Technique keys usable in an ordering, and what each needs before it.
-STAGES: dict[str, str] = {
-    "scheme": "choose the quant scheme (param/activation range setting, per-channel weights)",
-    "bnf": "BatchNorm folding",
-    "cle": "cross-layer equalization + high-bias absorption (needs bnf before it)",
-    "bc": "empirical bias correction",
-    "adaround": "AdaRound (learned weight rounding)",
-    "amp": "automatic mixed precision (per-layer bit-widths)",
-}
-_MODEL_STAGES = ("bnf", "cle")
-_SIM_STAGES = ("bc", "adaround", "amp")
 
 #: How ``scheme: select`` ranks its pairs: the eval callback (AIMET) or output SQNR (no eval call).
 SELECT_BY = ("eval", "sqnr")
@@ -179,6 +170,8 @@ class SearchSpace:
     source: str = "<dict>"
     #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
     target: str | None = None
+    #: the sections of generic registered techniques (``{space_key: {dimension: spec}}``)
+    techniques: Mapping[str, Mapping[str, ParamSpec]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The space as the plain data it was loaded from (round-trips through :func:`load_search_space`)."""
@@ -186,7 +179,8 @@ class SearchSpace:
         def param(p: ParamSpec) -> Any:
             return p.to_yaml()
 
-        extra = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
+        extra: dict[str, Any] = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
+        extra.update({k: {d: param(v) for d, v in dims.items()} for k, dims in self.techniques.items()})
         return {
             **extra,
             "name": self.name,
@@ -241,39 +235,6 @@ _TOP_KEYS = {
     "max_relative_bops",
     "target",
 }
-
-
-def validate_ordering(ordering: str) -> tuple[str, ...]:
-    """Parse ``"bnf>cle>adaround"`` and check it; returns the stage keys.
-
-    Rules: known techniques, each at most once; ``cle`` after ``bnf``; ``bnf``/``cle`` (they change
-    the float model) before ``scheme``-dependent stages ``bc``/``adaround``/``amp``; ``scheme``
-    before ``bc``/``adaround``/``amp``. ``amp`` may come before or after ``adaround``.
-
-    Raises:
-        SearchSpaceError: naming the ordering and the broken rule.
-    """
-    if not isinstance(ordering, str) or not ordering.strip():
-        raise SearchSpaceError(f"an ordering must be a non-empty string like 'bnf>cle>adaround'. Got {ordering!r} instead.")
-    stages = tuple(s.strip() for s in ordering.split(">"))
-    for s in stages:
-        if s not in STAGES:
-            raise SearchSpaceError(f"ordering {ordering!r}: unknown technique {s!r}; valid ones are {', '.join(STAGES)}.")
-    if len(set(stages)) != len(stages):
-        raise SearchSpaceError(f"ordering {ordering!r}: a technique appears twice.")
-    pos = {s: i for i, s in enumerate(stages)}
-    if "cle" in pos and ("bnf" not in pos or pos["bnf"] > pos["cle"]):
-        raise SearchSpaceError(f"ordering {ordering!r}: cle needs BatchNorms folded first; put bnf before cle.")
-    first_sim = min((pos[s] for s in _SIM_STAGES if s in pos), default=len(stages))
-    for s in _MODEL_STAGES:
-        if s in pos and pos[s] > first_sim:
-            raise SearchSpaceError(
-                f"ordering {ordering!r}: {s} changes the float model, so it must come before bc/adaround/amp "
-                "(their results would be invalidated)."
-            )
-    if "scheme" in pos and pos["scheme"] > first_sim:
-        raise SearchSpaceError(f"ordering {ordering!r}: scheme must come before bc/adaround/amp (they use the chosen encodings).")
-    return stages
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -334,6 +295,37 @@ def _param(value: Any, key: str, where: _Where, kind: type, lo: float, hi: float
     return Choice((check(value),))
 
 
+def _dimension(value: Any, key: str, where: _Where, dim: Any, config_class: Any = None) -> ParamSpec:
+    """A technique's dimension, checked against its declaration (kind, range) and its config's constraints."""
+    spec = (
+        _bool_choice(value, key, where)
+        if dim.kind is bool
+        else _param(
+            value, key, where, dim.kind, -math.inf if dim.low is None else dim.low, math.inf if dim.high is None else dim.high
+        )
+    )
+    _check_config_field(spec, key, where, config_class, dim.name)
+    return spec
+
+
+def _check_config_field(spec: ParamSpec, key: str, where: _Where, config_class: Any, name: str) -> None:
+    """Every value a dimension can take must pass the config's declared constraint (one validation path)."""
+    if config_class is None:
+        return
+    values = spec.values if isinstance(spec, Choice) else (spec.low, spec.high)
+    for v in values:
+        try:
+            config_class.check_field(name, v)
+        except InvalidInputError as err:
+            raise where.error(key, str(err)) from None
+
+
+def _config_class(key: str) -> Any:
+    from ..techniques._registry import registered_techniques
+
+    return registered_techniques()[key].config_class
+
+
 def _bool_choice(value: Any, key: str, where: _Where) -> Choice:
     values = value if isinstance(value, (list, tuple)) else [value]
     if not values or not all(isinstance(v, bool) for v in values):
@@ -374,7 +366,10 @@ def _candidate(text: Any, key: str, where: _Where) -> str:
 
 def _parse(data: Any, source: str) -> SearchSpace:
     where = _Where(source)
-    top = _mapping(data, "", where, _TOP_KEYS)
+    from ..techniques._registry import registered_techniques
+
+    generic = {spec.space_key: spec for spec in registered_techniques().values() if spec.generic}
+    top = _mapping(data, "", where, _TOP_KEYS | set(generic))
     orderings_raw = top.get("orderings")
     if not isinstance(orderings_raw, (list, tuple)) or not orderings_raw:
         raise where.error("orderings", "must be a non-empty list of orderings like 'bnf>cle>adaround'.")
@@ -407,14 +402,17 @@ def _parse(data: Any, source: str) -> SearchSpace:
     cle_raw = _mapping(top.get("cle"), "cle", where, {"high_bias_absorption", "replace_relu6"})
     relu6 = cle_raw.get("replace_relu6", "always")
     relu6_values = tuple(relu6) if isinstance(relu6, (list, tuple)) else (relu6,)
-    if not relu6_values or any(v not in ("always", "unclipped", "never") for v in relu6_values):
-        raise where.error("cle.replace_relu6", f"must be always, unclipped, never or a list of them. Got {relu6!r} instead.")
+    if not relu6_values:
+        raise where.error("cle.replace_relu6", "a list of choices must not be empty.")
+    _check_config_field(Choice(relu6_values), "cle.replace_relu6", where, _config_class("cle"), "replace_relu6")
     cle = CLESpace(
         _bool_choice(cle_raw.get("high_bias_absorption", True), "cle.high_bias_absorption", where),
         Choice(relu6_values),
     )
     bc_raw = _mapping(top.get("bias_correction"), "bias_correction", where, {"num_batches"})
-    bc = BiasCorrectionSpace(_param(bc_raw.get("num_batches", 4), "bias_correction.num_batches", where, int, 1, 100_000))
+    bc_batches = _param(bc_raw.get("num_batches", 4), "bias_correction.num_batches", where, int, 1, 100_000)
+    _check_config_field(bc_batches, "bias_correction.num_batches", where, _config_class("bc"), "num_batches")
+    bc = BiasCorrectionSpace(bc_batches)
 
     ada_raw = _mapping(top.get("adaround"), "adaround", where, set(_ADAROUND_KEYS))
     ada = AdaRoundSpace(
@@ -476,6 +474,15 @@ def _parse(data: Any, source: str) -> SearchSpace:
 
         if not isinstance(target, str) or target not in TARGETS:
             raise where.error("target", f"must be one of {', '.join(TARGETS)}. Got {target!r} instead.")
+    used = {k for o in orderings for k in o.split(">")}
+    sections: dict[str, dict[str, ParamSpec]] = {}
+    for space_key, spec in generic.items():
+        if space_key in top or spec.key in used:
+            raw = _mapping(top.get(space_key), space_key, where, {d.name for d in spec.dimensions})
+            sections[space_key] = {
+                d.name: _dimension(raw.get(d.name, d.default), f"{space_key}.{d.name}", where, d, spec.config_class)
+                for d in spec.dimensions
+            }
     name = top.get("name", Path(source).stem if source != "<dict>" else "custom")
     if not isinstance(name, str):
         raise where.error("name", "must be a string.")
@@ -497,6 +504,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         description=str(top.get("description", "")),
         source=source,
         target=target,
+        techniques=sections,
     )
     return space
 

@@ -16,6 +16,11 @@ id         config                     apply
 The model techniques (``bnf``, ``cle``) take and return a model (a prepared ``torch.fx.GraphModule``)
 and run before the :class:`~aq_search.QuantSim` is built; the sim techniques (``adaround``, ``bc``)
 modify a calibrated sim in place and return it. :data:`TECHNIQUES` lists them by id.
+
+Each technique also registers a :class:`TechniqueSpec` beside its config and function (stage key,
+model or sim, what must precede it, whether reloading re-applies it, search dimensions, cost class);
+:func:`registered_techniques` returns them, and the search reads nothing else. A new technique with
+``generic=True`` is one module (config + function + ``register_technique``) plus its YAML entry.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ._bn_fold import BatchNormFoldConfig, BatchNormFoldReport, FoldedBatchNorm,
 from ._cache import AdaRoundCache, TensorCache
 from ._cle import CLEConfig, CLEReport, equalize_model
 from ._config import TechniqueConfig
+from ._registry import Dimension, TechniqueSpec, register_technique, registered_techniques
 
 __all__ = [
     "TECHNIQUES",
@@ -44,14 +50,18 @@ __all__ = [
     "BiasCorrectionReport",
     "CLEConfig",
     "CLEReport",
+    "Dimension",
     "FoldedBatchNorm",
     "Technique",
     "TechniqueConfig",
+    "TechniqueSpec",
     "TensorCache",
     "apply_adaround",
     "correct_bias",
     "equalize_model",
     "fold_all_batch_norms",
+    "register_technique",
+    "registered_techniques",
 ]
 
 

@@ -47,6 +47,7 @@ from ._adaround_opt import (
 from ._cache import TensorCache
 from ._config import bad_argument
 from ._graph import LAYERS, bias_of
+from ._registry import Dimension, TechniqueSpec, register_technique
 from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
 
 __all__ = ["AdaRoundLayerResult", "AdaRoundParams", "AdaRoundReport", "apply_adaround"]
@@ -305,3 +306,24 @@ def apply_adaround(
         len(skipped),
     )
     return sim
+
+
+register_technique(
+    TechniqueSpec(
+        key="adaround",
+        config_class=AdaRoundParams,
+        apply=apply_adaround,
+        acts_on="sim",
+        description="AdaRound (learned weight rounding)",
+        after=("scheme",),
+        dimensions=(
+            Dimension("num_batches", int, 4, 1, 100_000),
+            Dimension("num_iterations", int, 1000, 1, 1_000_000),
+            Dimension("reg_param", float, 0.01, 1e-8, 100.0),
+            Dimension("beta_high", float, 20.0, 1.0, 1000.0),
+            Dimension("beta_low", float, 2.0, 0.01, 1000.0),
+            Dimension("warm_start", float, 0.2, 0.0, 0.99),
+        ),
+        cost="optimizing",
+    )
+)

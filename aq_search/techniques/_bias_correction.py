@@ -17,10 +17,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .._constraints import Constraint, Interval
 from .._errors import EncodingsNotComputedError
 from ..quantsim import QuantSim
 from ._config import TechniqueConfig, bad_argument
 from ._graph import LAYERS, ensure_bias, num_calls
+from ._registry import Dimension, TechniqueSpec, register_technique
 from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
 
 __all__ = ["BiasCorrectionConfig", "BiasCorrectionLayerResult", "BiasCorrectionReport", "correct_bias"]
@@ -42,8 +44,7 @@ class BiasCorrectionConfig(TechniqueConfig):
 
     num_batches: int = 8
 
-    def __post_init__(self) -> None:
-        self._check_int("num_batches", 1)
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"num_batches": [Interval(int, 1, None)]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,3 +201,19 @@ def correct_bias(
     sim.model.meta["aq_search"][META_BIAS_CORRECTION] = report
     logger.info("correct_bias: corrected %d layer(s), %d skipped", len(results), len(skipped))
     return sim
+
+
+register_technique(
+    TechniqueSpec(
+        key="bc",
+        config_class=BiasCorrectionConfig,
+        apply=correct_bias,
+        acts_on="sim",
+        description="empirical bias correction",
+        after=("scheme",),
+        dimensions=(Dimension("num_batches", int, 4, 1, 100_000),),
+        cost="data",
+        space_key="bias_correction",
+        meta_key="bias_correction",
+    )
+)

@@ -10,6 +10,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .._constraints import Boolean, Constraint
 from ..quantsim._prepare import BATCHNORMS, propagate_shapes
 from ._config import TechniqueConfig, bad_argument
 from ._graph import (
@@ -26,6 +27,7 @@ from ._graph import (
     scale_out_channels,
     tensor_shape,
 )
+from ._registry import TechniqueSpec, register_technique
 
 __all__ = ["BatchNormFoldConfig", "BatchNormFoldReport", "FoldedBatchNorm", "fold_all_batch_norms"]
 
@@ -50,8 +52,7 @@ class BatchNormFoldConfig(TechniqueConfig):
 
     fold_into_following: bool = True
 
-    def __post_init__(self) -> None:
-        self._check_bool("fold_into_following")
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"fold_into_following": [Boolean()]}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -250,3 +251,17 @@ def fold_all_batch_norms(model: nn.Module, dummy_input: Any, config: BatchNormFo
     for bn_name, reason in unfolded.items():
         logger.warning("fold_all_batch_norms: BatchNorm %r is not folded: %s", bn_name, reason)
     return gm
+
+
+register_technique(
+    TechniqueSpec(
+        key="bnf",
+        config_class=BatchNormFoldConfig,
+        apply=fold_all_batch_norms,
+        acts_on="model",
+        description="BatchNorm folding",
+        reapply_on_load=True,
+        cost="free",
+        meta_key="bn_fold",
+    )
+)

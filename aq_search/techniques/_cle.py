@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .._constraints import Boolean, Constraint, Interval, Options
 from .._errors import InvalidInputError
 from ..quantsim import _ops
 from ..quantsim._prepare import PASSTHROUGH_LAYERS
@@ -35,6 +36,7 @@ from ._graph import (
     set_module,
     tensor_shape,
 )
+from ._registry import Dimension, TechniqueSpec, register_technique
 
 __all__ = ["CLEConfig", "CLEReport", "equalize_model"]
 
@@ -91,14 +93,14 @@ class CLEConfig(TechniqueConfig):
     max_iterations: int = 100
     tolerance: float = 1e-6
 
-    def __post_init__(self) -> None:
-        self._check_bool("high_bias_absorption")
-        if self.replace_relu6 not in _RELU6_POLICIES:
-            raise self._fail("replace_relu6", f"one of {list(_RELU6_POLICIES)}", self.replace_relu6)
-        self._check_float("relu6_clip_tolerance", 0.0, 1.0)
-        self._check_float("num_std", 0.0, 10.0)
-        self._check_int("max_iterations", 1, 100_000)
-        self._check_float("tolerance", 0.0, 1.0, lo_open=True)
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "high_bias_absorption": [Boolean()],
+        "replace_relu6": [Options(*_RELU6_POLICIES)],
+        "relu6_clip_tolerance": [Interval(float, 0.0, 1.0)],
+        "num_std": [Interval(float, 0.0, 10.0)],
+        "max_iterations": [Interval(int, 1, 100_000)],
+        "tolerance": [Interval(float, 0.0, 1.0, closed="right")],
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,3 +402,18 @@ def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None
     if replaced:
         logger.warning("equalize_model replaced ReLU6 by ReLU (the FP32 function changes there): %s", ", ".join(replaced))
     return gm
+
+
+register_technique(
+    TechniqueSpec(
+        key="cle",
+        config_class=CLEConfig,
+        apply=equalize_model,
+        acts_on="model",
+        description="cross-layer equalization + high-bias absorption (needs bnf before it)",
+        requires=("bnf",),
+        reapply_on_load=True,
+        dimensions=(Dimension("high_bias_absorption", bool, True), Dimension("replace_relu6", str, "always")),
+        cost="free",
+    )
+)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
+from .._constraints import Boolean, Constraint, Interval, NoneValue, check_parameter, validate_params
 from .._errors import InvalidInputError
 
 __all__ = ["TechniqueConfig", "bad_argument"]
@@ -60,23 +61,31 @@ class TechniqueConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
-    # -- validation helpers (used by the subclasses' __post_init__) --------------------------------
+    #: Declared constraints per field (see :mod:`aq_search._constraints`); checked on construction.
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    def __post_init__(self) -> None:
+        validate_params(self)
+
+    @classmethod
+    def check_field(cls, name: str, value: Any) -> Any:
+        """Check one value of field ``name`` against the class's declared constraints (YAML uses this)."""
+        allowed = cls._parameter_constraints.get(name)
+        return value if allowed is None else check_parameter(name, cls.__name__, value, allowed)
+
+    # -- validation helpers for checks not (yet) declared: the same constraints, one message format --
     def _fail(self, name: str, must: str, value: object) -> InvalidInputError:
         return InvalidInputError(f"The '{name}' parameter of {type(self).__name__} must be {must}. Got {value!r} instead.")
 
+    def _check(self, name: str, *constraints: Constraint) -> None:
+        value = check_parameter(name, type(self).__name__, getattr(self, name), constraints)
+        object.__setattr__(self, name, value)
+
     def _check_bool(self, name: str) -> None:
-        value = getattr(self, name)
-        if not isinstance(value, bool):
-            raise self._fail(name, "a bool", value)
+        self._check(name, Boolean())
 
     def _check_int(self, name: str, lo: int, hi: int | None = None, *, optional: bool = False) -> None:
-        value = getattr(self, name)
-        if optional and value is None:
-            return
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi)
-        if bad:
-            bounds = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise self._fail(name, f"an int {bounds}" + (" or None" if optional else ""), value)
+        self._check(name, Interval(int, lo, hi), *((NoneValue(),) if optional else ()))
 
     def _check_float(
         self,
@@ -88,12 +97,7 @@ class TechniqueConfig:
         hi_open: bool = False,
     ) -> None:
         """Accept ints too and store the value as a float."""
-        value = getattr(self, name)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if ok:
-            ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-        if not ok:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open or hi == math.inf else "]"
-            raise self._fail(name, f"a finite number in {left}{lo}, {hi}{right}", value)
-        object.__setattr__(self, name, float(value))
+        closed = {(False, False): "both", (False, True): "left", (True, False): "right", (True, True): "neither"}[
+            (lo_open, hi_open)
+        ]
+        self._check(name, Interval(float, lo, None if hi == math.inf else hi, closed))

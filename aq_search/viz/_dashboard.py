@@ -83,6 +83,7 @@ def record_trial(
     *,
     fp32_accuracy: float,
     target_accuracy: float,
+    store: Any = None,
 ) -> None:
     """Attach what the dashboard shows to a finished-but-still-running trial; never raises (a failure is
     logged and listed in the trial's ``side_effect_errors`` user attribute).
@@ -90,10 +91,11 @@ def record_trial(
     * user attributes ``amp_*`` (relative BOPs, accuracy, groups lowered, most sensitive moves,
       ``amp_path``) when the trial ran AMP, and its :class:`AmpSummary` as ``trial_NNNN/amp.json``;
     * artifacts: the trial's encodings JSON, ``stages.png`` (per-stage waterfall) and, with AMP,
-      ``amp_pareto.png``, ``amp_sensitivity.png`` and ``amp.json``.
+      ``amp_pareto.png``, ``amp_sensitivity.png`` and ``amp.json``, uploaded to ``store`` (an Optuna
+      artifact store; default: ``results_dir/artifacts``).
     """
     try:
-        _record_trial(trial, run, Path(results_dir), fp32_accuracy, target_accuracy)
+        _record_trial(trial, run, Path(results_dir), fp32_accuracy, target_accuracy, store)
     except Exception as err:  # inspection must never fail a trial: logged and recorded on it (side_effect_errors)
         logger.debug("recording trial %d failed", trial.number, exc_info=True)
         record_side_effect_error(trial, "recording it for the dashboard (charts, artifacts, note)", err)
@@ -119,7 +121,9 @@ def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:
     }
 
 
-def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float) -> None:
+def _record_trial(
+    trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float, store: Any = None
+) -> None:
     folder = results_dir / "trials" / f"trial_{trial.number:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
@@ -158,7 +162,8 @@ def _record_trial(trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32
         import optuna_dashboard
 
         optuna_dashboard.save_note(trial, _trial_note(run, amp))
-    store = artifact_store(results_dir)
+    if store is None:
+        store = artifact_store(results_dir)
     from optuna.artifacts import upload_artifact
 
     for path in files:

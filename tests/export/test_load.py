@@ -21,7 +21,7 @@ from aq_search.export import LoadedResult, ResultLoadError, load_result
 
 try:  # the techniques package lands in parallel; the pipeline parser needs all of its configs
     from aq_search.search import Pipeline, SchemeConfig, Stage, pipeline_from_dict
-    from aq_search.search._autoquant import RESULTS_VERSION
+    from aq_search.search._result import RESULTS_VERSION
     from aq_search.techniques import BatchNormFoldConfig, CLEConfig, equalize_model, fold_all_batch_norms
 
     pipeline_from_dict({"stages": []})

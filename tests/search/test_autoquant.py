@@ -344,7 +344,7 @@ def test_output_sqnr_numbers() -> None:
 
 
 def test_amp_orderings_are_not_pruned_before_their_amp_stage() -> None:
-    from aq_search.search._autoquant import may_prune_after
+    from aq_search.search._objective import may_prune_after
     from aq_search.search._pipeline import Pipeline, Stage
 
     def pipeline(*keys: str) -> Pipeline:

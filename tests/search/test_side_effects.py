@@ -8,7 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from aq_search.search import _autoquant
+from aq_search.search import _objective
 from aq_search.viz import _dashboard
 
 from ._tiny import Tiny
@@ -25,7 +25,7 @@ def test_a_failed_write_is_logged_and_recorded_and_the_score_stands(
     def read_only(*_: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(_autoquant, "_write_encodings", disk_full)
+    monkeypatch.setattr(_objective, "_write_encodings", disk_full)
     monkeypatch.setattr(_dashboard, "_record_trial", read_only)
     tiny = Tiny(aq_seed)
     with caplog.at_level(logging.WARNING, logger="aq_search"):

@@ -34,7 +34,7 @@ def test_fast_has_no_adaround_and_default_replays_aimet() -> None:
     [
         ("cle>bnf", "put bnf before cle"),
         ("scheme>cle", "put bnf before cle"),
-        ("bnf>adaround>cle", "must come before bc/adaround/amp"),
+        ("bnf>adaround>cle", "must come before the sim techniques"),
         ("adaround>scheme", "scheme must come before"),
         ("bnf>bnf", "appears twice"),
         ("bnf>quantize", "unknown technique 'quantize'"),
