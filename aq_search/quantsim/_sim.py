@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from torch import nn
 
 from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
 from .._device import check_same_device
-from .._errors import AQSearchError, CalibrationError, EncodingsNotComputedError, InvalidInputError
+from .._errors import AQSearchError, CalibrationError, InvalidInputError
 from ._placement import apply_static_placement, watch_masks
 from ._prepare import (
     BATCHNORMS,
@@ -690,14 +689,6 @@ class QuantSim:
                 q.enabled = False
 
     # -- misc ------------------------------------------------------------------------------------
-    def __deepcopy__(self, memo: dict[int, Any]) -> QuantSim:
-        cls = type(self)
-        new = cls.__new__(cls)
-        memo[id(self)] = new
-        for k, v in self.__dict__.items():
-            setattr(new, k, copy.deepcopy(v, memo))
-        return new
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
 
@@ -717,8 +708,3 @@ class QuantSim:
             f"activation_symmetric={self.activation_symmetric}, "
             f"param_scheme={self._param_estimator.name}, activation_scheme={self._act_estimator.name})"
         )
-
-
-def _require_encodings(sim: QuantSim) -> None:
-    if not sim._encoded:
-        raise EncodingsNotComputedError("compute encodings first: sim.compute_encodings(forward_fn)")

@@ -571,11 +571,3 @@ def _select_scheme(
     assert best is not None
     note = "selected " + best[1] + " of " + ", ".join(scores)
     return best[1], best[2], note, (best[0] if config.select_by == "eval" else None)
-
-
-def scheme_state(sim: QuantSim) -> tuple[str, bool]:
-    return f"{sim.param_quant_scheme.name}/{sim.activation_quant_scheme.name}", sim.per_channel
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)

@@ -132,5 +132,6 @@ def test_inspection_failures_never_fail_the_search(
     assert [t.state for t in result.study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert not (tmp_path / "aq" / "report.html").exists()
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("could not record trial" in m and "disk full" in m for m in messages) == 2
+    assert sum("recording it for the dashboard" in m and "disk full" in m for m in messages) == 2
+    assert all(any("disk full" in e for e in t.user_attrs["side_effect_errors"]) for t in result.study.trials)
     assert any("could not write the HTML report" in m for m in messages)
