@@ -538,13 +538,14 @@ class AutoQuant:
             )
         study = self._open_study(ctx, float(allowed_accuracy_drop))
         if self.space.replay_reference and not study.trials:
+            # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
+            cheap = cheap_first_params(self.space, orderings, self.per_channel)
+            if cheap is not None:
+                study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
             params = self._reference_params(orderings)
             if params is not None:
                 attrs = self._reference_attrs(params, orderings, ctx)
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
-            cheap = cheap_first_params(self.space, orderings, self.per_channel)
-            if cheap is not None:
-                study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
         finished = [t for t in study.trials if t.state.is_finished()]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and _within(t)]
@@ -684,7 +685,7 @@ class AutoQuant:
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
-        if trial.user_attrs.get("reference_recipe"):  # trial 0: AIMET's recipe with the user's or AIMET's AdaRound
+        if trial.user_attrs.get("reference_recipe"):  # AIMET's recipe with the user's or AIMET's AdaRound
             fixed = dataclasses.replace(fixed, adaround=reference_adaround(self._adaround_params, self.param_bw, ctx.calibration))
         return suggest_pipeline(
             trial,
