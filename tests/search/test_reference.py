@@ -75,9 +75,8 @@ def _cheap_space() -> dict[str, Any]:
 def test_cheap_first_is_trial_0_and_the_reference_runs_only_when_it_misses(tmp_path: Path) -> None:
     model, data = tiny_model(), batches(6)
     # every score 1.0: the cheap-first trial meets the target at its first stage, so the study stops there
-    aq = AutoQuant(
-        model, data[0], data, Scripted([1.0], rest=1.0), param_bw=4, results_dir=tmp_path / "aq", search_space=_cheap_space(), seed=0
-    )
+    evaluate = Scripted([1.0], rest=1.0)
+    aq = AutoQuant(model, data[0], data, evaluate, param_bw=4, results_dir=tmp_path / "aq", search_space=_cheap_space(), seed=0)
     result = aq.optimize(allowed_accuracy_drop=0.01)
     first = result.study.trials[0]
     assert first.user_attrs.get("cheap_first") is True and "reference_recipe" not in first.user_attrs
