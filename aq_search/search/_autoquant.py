@@ -545,6 +545,10 @@ class AutoQuant:
             params = self._reference_params(orderings)
             if params is not None:
                 attrs = self._reference_attrs(params, orderings, ctx)
+                if cheap is not None:
+                    attrs["reference_differences"].append(
+                        "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"
+                    )
                 study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         finished = [t for t in study.trials if t.state.is_finished()]
         complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]

@@ -88,3 +88,4 @@ def test_cheap_first_is_trial_0_and_the_reference_runs_only_when_it_misses(tmp_p
     assert [t.number for t in ran] == [0]
     waiting = [t for t in result.study.trials if not t.state.is_finished()]
     assert waiting and waiting[0].user_attrs.get("reference_recipe") is True
+    assert any("after the cheap-first trial" in d for d in waiting[0].user_attrs["reference_differences"])
