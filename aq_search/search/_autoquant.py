@@ -395,13 +395,18 @@ class AutoQuant:
             )
         opened = self._open_study(ctx, self._allowed_drop)
         if self.space.replay_reference and not opened.trials:
-            params = self._reference_params(orderings)
-            if params is not None:
-                attrs = self._reference_attrs(params, orderings, ctx)
-                opened.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+            # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
             cheap = cheap_first_params(self.space, orderings, self.per_channel)
             if cheap is not None:
                 opened.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
+            params = self._reference_params(orderings)
+            if params is not None:
+                attrs = self._reference_attrs(params, orderings, ctx)
+                if cheap is not None:
+                    attrs["reference_differences"].append(
+                        "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"
+                    )
+                opened.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         complete = [t for t in opened.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and within(t)]
         if met and target_met_by(opened) is None:  # its worker died between finishing the trial and marking the study
@@ -486,7 +491,7 @@ class AutoQuant:
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
-        if trial.user_attrs.get("reference_recipe"):  # trial 0: AIMET's recipe with the user's or AIMET's AdaRound
+        if trial.user_attrs.get("reference_recipe"):  # AIMET's recipe with the user's or AIMET's AdaRound
             fixed = dataclasses.replace(fixed, adaround=reference_adaround(self._adaround_params, self.param_bw, ctx.calibration))
         return suggest_pipeline(
             trial,

@@ -1,6 +1,7 @@
-"""The reference trial: AIMET AutoQuant's recipe as trial 0, and an honest account of how it differs.
+"""The first two trials: the cheap-first schedule (trial 0), then AIMET AutoQuant's recipe (trial 1),
+with an honest account of how the reference differs from AIMET's own run.
 
-Trial 0 runs scheme selection > BN fold > CLE > AdaRound (or the closest ordering the space has) with
+The reference trial runs scheme selection > BN fold > CLE > AdaRound (or the closest ordering the space has) with
 the user's :class:`~aq_search.AdaRoundParams` or, without them, AIMET's defaults (``AdaroundParameters``:
 10,000 iterations per layer for 8-bit-or-wider weights, 15,000 below, ``reg_param=0.01``,
 ``beta_range=(20, 2)``, ``warm_start=0.2``; calibration batches covering up to 2,000 samples). Its
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from ._schedule import ADAROUND_PATIENCE
-from ._space import SearchSpace
+from ._space import Choice, IntRange, SearchSpace
 
 __all__ = ["AIMET_ADAROUND", "cheap_first_params", "reference_adaround", "reference_differences", "reference_params"]
 
@@ -114,10 +115,12 @@ _CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
 
 
 def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel: bool | None) -> dict[str, Any] | None:
-    """The cost-aware schedule as trial 1: cheap stages and AMP first, AdaRound last (only if they miss).
+    """The cost-aware schedule as trial 0: cheap stages and AMP first, AdaRound last (only if they miss).
 
     A trial stops at the first stage that meets the target within the budget, so AdaRound, the
-    expensive stage, runs only where BN fold, CLE, the scheme and mixed precision could not get there.
+    expensive stage, runs only where BN fold, CLE, the scheme and mixed precision could not get there;
+    AMP's sensitivity screen uses the fewest phase-1 samples the space allows. The AIMET reference
+    recipe runs after it (trial 1), so it costs nothing when this trial meets the target.
     ``None`` when the space has no such ordering.
     """
     ordering = next((o for o in _CHEAP_FIRST if o in orderings), None)
@@ -129,4 +132,9 @@ def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel
         params["scheme__candidate"] = "select"
     if per_channel is None and len(space.scheme.per_channel.values) > 1:
         params["scheme__per_channel"] = True
+    phase1 = space.amp.num_samples_for_phase_1
+    if isinstance(phase1, Choice) and len(phase1.values) > 1:
+        params["amp__num_samples_for_phase_1"] = min(phase1.values)  # the cheapest sensitivity screen
+    elif isinstance(phase1, IntRange) and phase1.low < phase1.high:
+        params["amp__num_samples_for_phase_1"] = phase1.low
     return params

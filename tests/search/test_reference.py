@@ -62,3 +62,30 @@ def test_reference_trial_uses_the_users_adaround_params(tmp_path: Path) -> None:
     stage = {"technique": "adaround", "type": "AdaRoundParams", "config": trial.user_attrs["reference_adaround"]}
     stages = pipeline_from_dict({"stages": [stage]})
     assert stages.stages[0].config == user
+
+
+def _cheap_space() -> dict[str, Any]:
+    space = _space()
+    space["orderings"] = ["scheme>bnf>cle>adaround", "bnf>cle>scheme>amp>adaround"]
+    space["amp"] = {"candidate_sets": [["w{param_bw}a{output_bw}", "w8a8"]], "num_samples_for_phase_1": [512, 128]}
+    space["max_trials"] = 2
+    return space
+
+
+def test_cheap_first_is_trial_0_and_the_reference_runs_only_when_it_misses(tmp_path: Path) -> None:
+    model, data = tiny_model(), batches(6)
+    # every score 1.0: the cheap-first trial meets the target at its first stage, so the study stops there
+    evaluate = Scripted([1.0], rest=1.0)
+    aq = AutoQuant(model, data[0], data, evaluate, param_bw=4, results_dir=tmp_path / "aq", search_space=_cheap_space(), seed=0)
+    result = aq.optimize(allowed_accuracy_drop=0.01)
+    first = result.study.trials[0]
+    assert first.user_attrs.get("cheap_first") is True and "reference_recipe" not in first.user_attrs
+    assert first.params["pipeline__ordering"] == "bnf>cle>scheme>amp>adaround"
+    assert first.params["amp__num_samples_for_phase_1"] == 128, "the cheap-first trial screens on the fewest samples"
+    assert result.target_met and result.best_trial == 0
+    # the reference recipe was enqueued as trial 1 but never run: the target was met before it
+    ran = [t for t in result.study.trials if t.state.is_finished()]
+    assert [t.number for t in ran] == [0]
+    waiting = [t for t in result.study.trials if not t.state.is_finished()]
+    assert waiting and waiting[0].user_attrs.get("reference_recipe") is True
+    assert any("after the cheap-first trial" in d for d in waiting[0].user_attrs["reference_differences"])
