@@ -7,6 +7,10 @@ the sim's ONNX file checked against the target's rules. One process, the targets
 the same calibration and evaluation data.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_targets.py --num-eval 128
+
+With ``--search SPACE`` each target also runs a search (``aq.optimize`` over that space, at most
+``--n-trials`` trials, ``--allowed-drop``) and the table adds the searched model's agreement, whether it
+met the target, its eval calls and the search's seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def main() -> None:
     parser.add_argument("--num-eval", type=int, default=128)
     parser.add_argument("--num-calib", type=int, default=32)
     parser.add_argument("--targets", default="generic,onnxruntime,qnn,tensorrt")
+    parser.add_argument("--search", default=None, help="also search this space per target (e.g. fast)")
+    parser.add_argument("--n-trials", type=int, default=3)
+    parser.add_argument("--allowed-drop", type=float, default=0.01)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = imagenet.load_efficientnet_lite0()
@@ -43,13 +50,23 @@ def main() -> None:
         f"EfficientNet-Lite0 W8A8 per-channel, {args.num_calib} calibration views, "
         f"top-1 agreement with FP32 on {args.num_eval} views"
     )
-    print("| target | activations | run_inference agreement | ONNX check | ONNX vs sim top-1 | seconds |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    extra = " search agreement | target met | search eval calls | search seconds |" if args.search else ""
+    print("| target | activations | run_inference agreement | ONNX check | ONNX vs sim top-1 | seconds |" + extra)
+    print("| --- | --- | --- | --- | --- | --- |" + (" --- | --- | --- | --- |" if args.search else ""))
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets.split(","):
             start = time.perf_counter()
             aq = AutoQuant(
-                model, calib[:1], batches, eval_callback, param_bw=8, output_bw=8, results_dir=Path(tmp) / target, target=target
+                model,
+                calib[:1],
+                batches,
+                eval_callback,
+                param_bw=8,
+                output_bw=8,
+                results_dir=Path(tmp) / target,
+                target=target,
+                search_space=args.search or "default",
+                progress=False,
             )
             sim, acc = aq.run_inference()
             export = export_onnx(sim, None, Path(tmp) / f"{target}.onnx", validation_inputs=views[:32])
@@ -58,7 +75,13 @@ def main() -> None:
             v = export.validation
             agree = f"{v.top1_agreement:.4f}" if v is not None and v.top1_agreement is not None else "-"
             ok = "pass" if check.ok else f"{len(check.violations)} violations"
-            print(f"| {target} | {grid} | {acc:.4f} | {ok} | {agree} | {time.perf_counter() - start:.0f} |", flush=True)
+            row = f"| {target} | {grid} | {acc:.4f} | {ok} | {agree} | {time.perf_counter() - start:.0f} |"
+            if args.search:
+                begin = time.perf_counter()
+                result = aq.optimize(allowed_accuracy_drop=args.allowed_drop, n_trials=args.n_trials)
+                seconds = time.perf_counter() - begin
+                row += f" {result.accuracy:.4f} | {result.target_met} | {result.n_eval_calls} | {seconds:.0f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
