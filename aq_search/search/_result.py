@@ -96,6 +96,7 @@ class AutoQuantResult:
 def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObjective) -> AutoQuantResult:
     """The best trial's model rebuilt (or kept), saved to ``results_dir/best``, and summarized."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    n_finished = sum(t.state.is_finished() for t in study.trials)  # not the enqueued trials a met target left waiting
     if not complete:
         raise AQSearchError(
             "no trial completed, so there is no quantized model to return; the failed trials' messages are in "
@@ -133,7 +134,7 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
     if target_met:
         message = (
             f"Target met: {best.value:.4f} >= {ctx.target:.4f} (FP32 {ctx.fp32_accuracy:.4f}) by trial {best.number} "
-            f"({won}) with {run.applied} at {cost_text}, after {len(study.trials)} trial(s), {n_eval} eval call(s) "
+            f"({won}) with {run.applied} at {cost_text}, after {n_finished} trial(s), {n_eval} eval call(s) "
             f"and {costs['eval_equivalents']:.2f} eval-equivalent(s)."
         )
     elif best.value >= ctx.target:
@@ -144,7 +145,7 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
         )
     else:
         message = (
-            f"Target not met: the best of {len(study.trials)} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
+            f"Target not met: the best of {n_finished} trial(s) scored {best.value:.4f} < {ctx.target:.4f} "
             f"(FP32 {ctx.fp32_accuracy:.4f}); returning trial {best.number}, {won} ({run.applied}, {cost_text}). "
             f"Tried: {'; '.join(tried[:12])}"
             f"{' ...' if len(tried) > 12 else ''}. Consider more trials, a larger allowed drop, higher bit-widths "
@@ -163,7 +164,7 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
         "best_stage": int(best.user_attrs.get("best_stage", len(run.applied.stages))),
         "best_stage_label": won,
         "pipeline": str(run.applied),
-        "n_trials": len(study.trials),
+        "n_trials": n_finished,
         "n_eval_calls": n_eval,
         "n_eval_equivalents": costs["eval_equivalents"],
         "eval_samples": costs["eval_samples"],
@@ -192,7 +193,7 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
         pipeline=run.applied,
         study=study,
         n_eval_calls=n_eval,
-        n_trials=len(study.trials),
+        n_trials=n_finished,
         best_trial=best.number,
         message=message,
         results_dir=str(aq.results_dir),
