@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import hashlib
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from torch import Tensor, nn
 
 from .._data import tensor_fingerprint
 from .._errors import AQSearchError, InvalidInputError
+from .._numerics import signal_and_noise, sqnr_db
 from ..quantsim import QuantSim
 from ..techniques._config import TechniqueConfig
 from ..techniques._registry import TechniqueSpec, register_technique, registered_techniques
@@ -536,13 +536,7 @@ def output_sqnr(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> float
     """Signal-to-quantization-noise ratio in dB of ``outputs`` against ``reference`` (all tensors together)."""
     if len(reference) != len(outputs) or any(r.shape != o.shape for r, o in zip(reference, outputs, strict=True)):
         raise StageError("the quantized model's outputs differ in number or shape from the FP32 model's; cannot compare them")
-    signal = sum(float(r.pow(2).sum()) for r in reference)
-    noise = sum(float((r - o).pow(2).sum()) for r, o in zip(reference, outputs, strict=True))
-    if not math.isfinite(noise):
-        return -math.inf
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-300) / noise)
+    return sqnr_db(*signal_and_noise(reference, outputs))
 
 
 def _select_scheme(
