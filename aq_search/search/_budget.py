@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._errors import InvalidInputError
 from ..quantsim import QuantSim
 
-__all__ = ["DEFAULT_MAX_RELATIVE_BOPS", "Budget", "check_max_relative_bops"]
+__all__ = ["DEFAULT_MAX_RELATIVE_BOPS", "Budget", "LayerBits", "check_max_relative_bops", "layer_bits"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,37 @@ def check_max_relative_bops(value: object, where: str = "AutoQuant") -> float:
             f"times the BOPs of the all-w<param_bw>a<output_bw> model). Got {value!r} instead."
         )
     return float(value)
+
+
+class LayerBits(NamedTuple):
+    """One layer's MACs and the bit-widths its BOPs count (a float tensor counts 32 bits)."""
+
+    macs: float
+    param_bits: int
+    input_bits: int
+    param_enabled: bool
+    input_enabled: bool
+
+
+def layer_bits(sim: QuantSim) -> list[LayerBits]:
+    """Every costed layer of ``sim``: its MACs, weight bits and widest input-activation bits."""
+    from ..amp import layer_costs
+
+    acts = sim.activation_quantizers
+    out = []
+    for layer, cost in layer_costs(sim).items():
+        pq = sim.param_quantizer(layer)
+        inputs = [acts[a] for a in sim.input_quantizers_of(layer)]
+        out.append(
+            LayerBits(
+                macs=cost.macs,
+                param_bits=pq.bitwidth if pq.enabled else _FLOAT_BITS,
+                input_bits=max((q.bitwidth if q.enabled else _FLOAT_BITS for q in inputs), default=_FLOAT_BITS),
+                param_enabled=pq.enabled,
+                input_enabled=any(q.enabled for q in inputs),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -56,19 +88,12 @@ class Budget:
 
         BOPs of a layer = MACs x weight bits x input-activation bits (a float tensor counts 32 bits).
         """
-        from ..amp import layer_costs
-
-        acts = sim.activation_quantizers
         total = requested = 0.0
-        for layer, cost in layer_costs(sim).items():
-            pq = sim.param_quantizer(layer)
-            inputs = [acts[a] for a in sim.input_quantizers_of(layer)]
-            p_bits = pq.bitwidth if pq.enabled else _FLOAT_BITS
-            a_bits = max((q.bitwidth if q.enabled else _FLOAT_BITS for q in inputs), default=_FLOAT_BITS)
-            p_req = self.param_bw if pq.enabled else _FLOAT_BITS
-            a_req = self.output_bw if any(q.enabled for q in inputs) else _FLOAT_BITS
-            total += cost.macs * p_bits * a_bits
-            requested += cost.macs * p_req * a_req
+        for layer in layer_bits(sim):
+            p_req = self.param_bw if layer.param_enabled else _FLOAT_BITS
+            a_req = self.output_bw if layer.input_enabled else _FLOAT_BITS
+            total += layer.macs * layer.param_bits * layer.input_bits
+            requested += layer.macs * p_req * a_req
         return total, requested
 
     def relative(self, sim: QuantSim) -> float | None:

@@ -22,6 +22,7 @@ from .._side_effects import guarded
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
 from ..viz import record_trial
+from ._budget import layer_bits
 from ._counting import CountingEval
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
@@ -242,18 +243,9 @@ def relative_bops(sim: QuantSim) -> float | None:
 
     BOPs of a layer = MACs x weight bits x input-activation bits (a float tensor counts 32 bits).
     """
-    from ..amp import layer_costs
-
-    costs = layer_costs(sim)
-    acts = sim.activation_quantizers
-    total = reference = 0.0
-    for layer, cost in costs.items():
-        pq = sim.param_quantizer(layer)
-        p_bits = pq.bitwidth if pq.enabled else 32
-        inputs = [acts[a] for a in sim.input_quantizers_of(layer)]
-        a_bits = max((q.bitwidth if q.enabled else 32 for q in inputs), default=32)
-        total += cost.macs * p_bits * a_bits
-        reference += cost.macs * 64
+    layers = layer_bits(sim)
+    total = sum(layer.macs * layer.param_bits * layer.input_bits for layer in layers)
+    reference = sum(layer.macs * 64 for layer in layers)
     return total / reference if reference else None
 
 
