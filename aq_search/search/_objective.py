@@ -40,11 +40,12 @@ TARGET_ATTR = "target_met_by"
 
 
 def may_prune_after(pipeline: Pipeline, index: int) -> bool:
-    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while an
-    ``amp`` stage is still to come (mixed precision can recover any score before it, so scores before
-    AMP say little about where the trial ends)."""
+    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while a stage
+    whose technique is registered with ``prune_before=False`` is still to come (``amp``: mixed precision can
+    recover any score before it, so scores before it say little about where the trial ends)."""
     later = pipeline.stages[index + 1 :]
-    return bool(later) and not any(stage.key == "amp" for stage in later)
+    specs = registered_techniques()
+    return bool(later) and all(specs[stage.key].prune_before for stage in later)
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
