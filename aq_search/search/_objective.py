@@ -21,9 +21,9 @@ from .._errors import AQSearchError, EvalCallbackError
 from .._side_effects import guarded
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
-from ..viz import record_trial
 from ._budget import layer_bits
 from ._counting import CountingEval
+from ._observers import trial_callbacks
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
 from ._run import stage_label
@@ -89,6 +89,8 @@ class TrialObjective:
         self.worker = worker_id()
         self.progress = progress
         self._bar: Any = None
+        #: ``callback(trial, run, objective)`` at the end of each trial (see :mod:`._observers`)
+        self.trial_callbacks = trial_callbacks()
 
     @property
     def ctx(self) -> RunContext:
@@ -203,14 +205,8 @@ class TrialObjective:
         if (run.within_budget, run.score) > self.best_rank:
             self.best_rank, self.best_value = (run.within_budget, run.score), run.score
             self.best_number, self.best_run = trial.number, run
-        record_trial(
-            trial,
-            run,
-            self.aq.results_dir,
-            fp32_accuracy=ctx.fp32_accuracy,
-            target_accuracy=ctx.target,
-            store=self.aq.artifact_store,
-        )
+        for callback in self.trial_callbacks:  # dashboard records and artifacts (aq_search.viz), a user's own
+            callback(trial, run, self)
         return run.score
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
