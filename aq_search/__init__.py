@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from . import viz  # noqa: F401 - attaches the dashboard records and the report to every search (see search._observers)
 from ._errors import (
     AQSearchError,
     CalibrationError,

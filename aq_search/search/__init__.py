@@ -14,8 +14,8 @@ from ._pipeline import (
     run_pipeline,
     suggest_pipeline,
 )
+from ._scheme import AIMET_SCHEME_CANDIDATES
 from ._space import (
-    AIMET_SCHEME_CANDIDATES,
     STAGES,
     SearchSpace,
     builtin_spaces,

@@ -13,14 +13,12 @@ from typing import Any
 import optuna
 from torch import nn
 
-from .._constraints import check_parameter
-from .._data import as_model_args, check_batch_fits
+from .._data import check_batch_fits
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..quantsim import QuantSim, prepare_model
-from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
-from ._arguments import _PARAMETER_CONSTRAINTS, check_allowed_drop, check_study, materialize
-from ._budget import Budget, check_max_relative_bops
+from ._arguments import check_allowed_drop, check_arguments, check_study, materialize
+from ._budget import Budget
 from ._counting import CountingEval
 from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within
 from ._pipeline import (
@@ -32,10 +30,10 @@ from ._pipeline import (
     suggest_pipeline,
     usable_orderings,
 )
-from ._reference import cheap_first_params, reference_adaround, reference_differences, reference_params
+from ._reference import enqueue_reference_trials, reference_adaround, reference_differences, reference_params
 from ._result import AutoQuantResult, finish
 from ._space import SearchSpace, load_search_space
-from ._storage import check_storage_spec, fail_dead_local_trials, make_storage, storage_label
+from ._storage import fail_dead_local_trials, make_storage, storage_label
 from ._study import open_study
 
 __all__ = ["AutoQuant", "AutoQuantResult", "CountingEval"]
@@ -150,47 +148,29 @@ class AutoQuant:
         artifact_store: Any = None,
         progress: bool = True,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise InvalidInputError(f"model must be a torch.nn.Module. Got {type(model).__name__} instead.")
-        if not callable(eval_callback):
-            raise InvalidInputError(
-                "eval_callback must be callable as eval_callback(model, num_samples) -> float. "
-                f"Got {type(eval_callback).__name__} instead."
-            )
-        if forward_fn is not None and not callable(forward_fn):
-            raise InvalidInputError("forward_fn must be callable as forward_fn(model, batch).")
-        check_bitwidth(param_bw, "param_bw")
-        check_bitwidth(output_bw, "output_bw")
-        as_model_args(dummy_input)
-        for name, value in (
-            ("num_calibration_batches", num_calibration_batches),
-            ("per_channel", per_channel),
-            ("heartbeat_interval", heartbeat_interval),
-            ("grace_period", grace_period),
-            ("max_retries", max_retries),
-            ("eval_size", eval_size),
-            ("progress", progress),
-        ):
-            check_parameter(name, "AutoQuant", value, _PARAMETER_CONSTRAINTS[name])
-        if storage is not None:
-            check_storage_spec(storage)
-        if max_relative_bops is not None:
-            check_max_relative_bops(max_relative_bops)
-        if sampler is not None and not isinstance(sampler, optuna.samplers.BaseSampler):
-            raise InvalidInputError(
-                f"The 'sampler' parameter of AutoQuant must be an optuna.samplers.BaseSampler or None. Got {sampler!r} instead."
-            )
-        if pruner is not None and not isinstance(pruner, optuna.pruners.BasePruner):
-            raise InvalidInputError(
-                f"The 'pruner' parameter of AutoQuant must be an optuna.pruners.BasePruner or None. Got {pruner!r} instead."
-            )
-        if study is not None:
-            check_study(study)
-        if artifact_store is not None and not (hasattr(artifact_store, "write") and hasattr(artifact_store, "open_reader")):
-            raise InvalidInputError(
-                "The 'artifact_store' parameter of AutoQuant must be an Optuna artifact store (e.g. "
-                f"optuna.artifacts.FileSystemArtifactStore) or None. Got {artifact_store!r} instead."
-            )
+        check_arguments(
+            model=model,
+            dummy_input=dummy_input,
+            eval_callback=eval_callback,
+            forward_fn=forward_fn,
+            param_bw=param_bw,
+            output_bw=output_bw,
+            storage=storage,
+            max_relative_bops=max_relative_bops,
+            sampler=sampler,
+            pruner=pruner,
+            study=study,
+            artifact_store=artifact_store,
+            plain={
+                "num_calibration_batches": num_calibration_batches,
+                "per_channel": per_channel,
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "max_retries": max_retries,
+                "eval_size": eval_size,
+                "progress": progress,
+            },
+        )
         self.model = model
         self.dummy_input = dummy_input
         self.data_loader = data_loader
@@ -395,18 +375,7 @@ class AutoQuant:
             )
         opened = self._open_study(ctx, self._allowed_drop)
         if self.space.replay_reference and not opened.trials:
-            # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
-            cheap = cheap_first_params(self.space, orderings, self.per_channel)
-            if cheap is not None:
-                opened.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
-            params = self._reference_params(orderings)
-            if params is not None:
-                attrs = self._reference_attrs(params, orderings, ctx)
-                if cheap is not None:
-                    attrs["reference_differences"].append(
-                        "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"
-                    )
-                opened.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+            enqueue_reference_trials(self, opened, orderings, ctx)
         complete = [t for t in opened.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
         met = [t.number for t in complete if t.value is not None and t.value >= ctx.target and within(t)]
         if met and target_met_by(opened) is None:  # its worker died between finishing the trial and marking the study

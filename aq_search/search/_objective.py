@@ -21,9 +21,9 @@ from .._errors import AQSearchError, EvalCallbackError
 from .._side_effects import guarded
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
-from ..viz import record_trial
 from ._budget import layer_bits
 from ._counting import CountingEval
+from ._observers import trial_callbacks
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
 from ._run import stage_label
@@ -40,11 +40,12 @@ TARGET_ATTR = "target_met_by"
 
 
 def may_prune_after(pipeline: Pipeline, index: int) -> bool:
-    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while an
-    ``amp`` stage is still to come (mixed precision can recover any score before it, so scores before
-    AMP say little about where the trial ends)."""
+    """Whether a trial may be pruned after stage ``index``: not after its last stage, and not while a stage
+    whose technique is registered with ``prune_before=False`` is still to come (``amp``: mixed precision can
+    recover any score before it, so scores before it say little about where the trial ends)."""
     later = pipeline.stages[index + 1 :]
-    return bool(later) and not any(stage.key == "amp" for stage in later)
+    specs = registered_techniques()
+    return bool(later) and all(specs[stage.key].prune_before for stage in later)
 
 
 def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
@@ -88,6 +89,8 @@ class TrialObjective:
         self.worker = worker_id()
         self.progress = progress
         self._bar: Any = None
+        #: ``callback(trial, run, objective)`` at the end of each trial (see :mod:`._observers`)
+        self.trial_callbacks = trial_callbacks()
 
     @property
     def ctx(self) -> RunContext:
@@ -202,14 +205,8 @@ class TrialObjective:
         if (run.within_budget, run.score) > self.best_rank:
             self.best_rank, self.best_value = (run.within_budget, run.score), run.score
             self.best_number, self.best_run = trial.number, run
-        record_trial(
-            trial,
-            run,
-            self.aq.results_dir,
-            fp32_accuracy=ctx.fp32_accuracy,
-            target_accuracy=ctx.target,
-            store=self.aq.artifact_store,
-        )
+        for callback in self.trial_callbacks:  # dashboard records and artifacts (aq_search.viz), a user's own
+            callback(trial, run, self)
         return run.score
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -20,7 +20,14 @@ import torch
 from ._schedule import ADAROUND_PATIENCE
 from ._space import Choice, IntRange, SearchSpace
 
-__all__ = ["AIMET_ADAROUND", "cheap_first_params", "reference_adaround", "reference_differences", "reference_params"]
+__all__ = [
+    "AIMET_ADAROUND",
+    "cheap_first_params",
+    "enqueue_reference_trials",
+    "reference_adaround",
+    "reference_differences",
+    "reference_params",
+]
 
 #: AIMET's ``AdaroundParameters`` defaults (iterations: 10k for weights of 8 bits or more, 15k below).
 AIMET_ADAROUND: dict[str, Any] = {
@@ -138,3 +145,19 @@ def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel
     elif isinstance(phase1, IntRange) and phase1.low < phase1.high:
         params["amp__num_samples_for_phase_1"] = phase1.low
     return params
+
+
+def enqueue_reference_trials(aq: Any, study: Any, orderings: Sequence[str], ctx: Any) -> None:
+    """Enqueue the cheap-first trial (0) and AIMET's recipe (1) in a new study, as far as the space has them."""
+    # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
+    cheap = cheap_first_params(aq.space, orderings, aq.per_channel)
+    if cheap is not None:
+        study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
+    params = aq._reference_params(orderings)
+    if params is not None:
+        attrs = aq._reference_attrs(params, orderings, ctx)
+        if cheap is not None:
+            attrs["reference_differences"].append(
+                "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"
+            )
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)

@@ -17,9 +17,9 @@ from torch import nn
 
 from .._errors import AQSearchError
 from ..quantsim import QuantSim
-from ..viz import publish_study
 from ._costs import study_costs
 from ._objective import TrialObjective, within, write_atomic
+from ._observers import result_callbacks
 from ._pipeline import Pipeline, RunContext, StageResult
 
 if TYPE_CHECKING:
@@ -203,7 +203,8 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
         within_budget=is_within,
         best_stage=int(best.user_attrs.get("best_stage", len(run.applied.stages))),
     )
-    publish_study(result)  # dashboard note and plots, results_dir/report.html; never raises
+    for callback in result_callbacks():  # aq_search.viz: dashboard note and plots, results_dir/report.html
+        callback(result)
     return result
 
 

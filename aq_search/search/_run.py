@@ -9,35 +9,25 @@ a stage whose prefix was already scored in the study takes its score from there 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
+
+import torch.fx as fx
 
 from .._errors import AQSearchError
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
+from ._context import StageState, model_fingerprint
 from ._fidelity import could_meet
 from ._keepbest import KeepBest, Kept
-from ._pipeline import (
-    Pipeline,
-    PipelineRun,
-    RunContext,
-    SchemeConfig,
-    SchemeSelectConfig,
-    StageError,
-    StageResult,
-    _model_stage,
-    _select_scheme,
-)
+from ._pipeline import Pipeline, PipelineRun, RunContext, Stage, StageCallback, StageError, StageResult
 from ._prefix import KnownScores, prefix_keys
 
 __all__ = ["meter", "prefix_context", "run_stages", "stage_label"]
 
 logger = logging.getLogger(__name__)
-
-#: ``on_stage(index, result) -> bool``: return True to finish the pipeline now (target met).
-StageCallback = Callable[[int, StageResult], bool]
 
 
 def meter(ctx: RunContext) -> tuple[int, int, float]:
@@ -71,38 +61,49 @@ def _score(ctx: RunContext, sim: QuantSim, known: float | None = None, known_ful
     return score, n
 
 
-def _sim_stage(ctx: RunContext, sim: QuantSim, stage: Any, record: dict[str, Any] | None, previous: float | None) -> Any:
-    """Apply a stage acting on the sim; returns ``(sim, amp_result, note, known score, choice)``."""
-    from ..techniques import apply_adaround, correct_bias
+def _model_stage(ctx: RunContext, model: fx.GraphModule, stage: Stage) -> fx.GraphModule:
+    """``apply(model, dummy_input, config)``, cached by the model's content and the config."""
+    key = hashlib.sha256(f"{model_fingerprint(model)}|{stage.key}|{stage.config.to_dict()}".encode()).hexdigest()
+    cached = ctx.model_cache.get_item(key)
+    if cached is not None:
+        ctx.hit(stage.key)
+        return copy.deepcopy(cached)
+    apply = registered_techniques()[stage.key].apply
+    assert apply is not None
+    out = apply(model, ctx.dummy_input, stage.config)
+    ctx.model_cache.put(key, copy.deepcopy(out))
+    return out
 
-    if stage.key == "adaround":
-        sim = apply_adaround(
-            sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn, cache=ctx.adaround_cache, seed=ctx.seed
-        )
-        return sim, None, "", None, None
-    if stage.key == "bc":
-        return correct_bias(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn), None, "", None, None
+
+def _sim_stage(ctx: RunContext, state: StageState, stage: Stage) -> None:
+    """``apply(sim, calibration, config, forward_fn=..., **run_kwargs)`` on the state's sim."""
     spec = registered_techniques()[stage.key]
-    if spec.generic and spec.apply is not None:
-        return spec.apply(sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn), None, "", None, None
-    from ._ampstage import amp_stage, replay_amp
+    assert spec.apply is not None
+    kwargs = {name: getattr(ctx, attr) for name, attr in spec.run_kwargs.items()}
+    state.sim = spec.apply(state.sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn, **kwargs)
 
-    if record is not None and isinstance(record.get("choice"), dict):
-        replay_amp(sim, record["choice"])
-        return sim, None, f"AMP config from the study ({record.get('note', '')})", None, record["choice"]
-    sim, amp_result, note = amp_stage(ctx, sim, stage.config, previous)
-    # AMP scored its choice in full (phase 2 on every sample): that is the stage's score, not measured again
-    known = amp_result.accuracy if getattr(stage.config, "num_samples_for_phase_2", None) is None else None
-    return sim, amp_result, note, known, dict(amp_result.config)
+
+def _run_stage(ctx: RunContext, state: StageState, stage: Stage, keep: KeepBest) -> None:
+    """Run one stage as its technique's spec says: its ``run`` hook, else its ``apply`` on the model or the sim."""
+    spec = registered_techniques()[stage.key]
+    if spec.acts_on == "sim":
+        if state.sim is None:
+            state.sim = ctx.calibrated_sim(state.model, state.pair, state.per_channel)
+        elif keep.holds(state.sim):
+            state.sim = copy.deepcopy(state.sim)  # the kept best model must not change under the next stage
+        (spec.run or _sim_stage)(ctx, state, stage)
+    elif spec.run is not None:
+        spec.run(ctx, state, stage)
+    else:
+        state.model, state.sim = _model_stage(ctx, state.model, stage), None
+    if state.sim is None:
+        state.sim = ctx.calibrated_sim(state.model, state.pair, state.per_channel)
 
 
 def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | None = None) -> PipelineRun:
     """See :func:`aq_search.search.run_pipeline`."""
-    model = ctx.model
-    pair, per_channel = ctx.default_pair, ctx.default_per_channel
-    sim: QuantSim | None = None
+    state = StageState(ctx.model, ctx.default_pair, ctx.default_per_channel)
     results: list[StageResult] = []
-    amp_result = None
     keep = KeepBest()
     keys = prefix_keys(pipeline.stages, prefix_context(ctx))
     known: KnownScores | None = ctx.known
@@ -112,46 +113,23 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
     for index, stage in enumerate(pipeline.stages):
         start = time.perf_counter()
         calls0, samples0, eq0 = meter(ctx)
-        note = ""
-        known_score: float | None = None  # a score of this very sim already measured in this stage
-        choice: Any = None
         record = known.get(keys[index], ctx.intermediate_num_samples) if known is not None else None
+        state.begin(record, previous_full)
         try:
-            if registered_techniques()[stage.key].acts_on == "model":
-                model = _model_stage(ctx, model, stage)
-                sim = None
-            elif isinstance(stage.config, SchemeConfig):
-                pair, per_channel = stage.config.pair, stage.config.per_channel
-                sim = None
-            elif isinstance(stage.config, SchemeSelectConfig):
-                per_channel = stage.config.per_channel
-                if record is not None and isinstance(record.get("choice"), str):
-                    pair = record["choice"]
-                    sim = ctx.calibrated_sim(model, pair, per_channel)
-                    note = str(record.get("note", ""))
-                else:
-                    pair, sim, note, known_score = _select_scheme(ctx, model, stage.config)
-                choice = pair
-            else:
-                if sim is None:
-                    sim = ctx.calibrated_sim(model, pair, per_channel)
-                elif keep.holds(sim):
-                    sim = copy.deepcopy(sim)  # the kept best model must not change under the next stage
-                sim, stage_amp, note, known_score, choice = _sim_stage(ctx, sim, stage, record, previous_full)
-                amp_result = stage_amp if stage_amp is not None else amp_result
-            if sim is None:
-                sim = ctx.calibrated_sim(model, pair, per_channel)
+            _run_stage(ctx, state, stage, keep)
         except AQSearchError as err:
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {err}") from err
         except Exception as err:
             logger.debug("stage %s failed", stage.key, exc_info=True)
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
+        sim = state.sim
+        assert sim is not None
         if record is not None:
             score = float(record["score"])
             samples = record.get("num_samples")
             samples = int(samples) if samples is not None else None
         else:
-            score, samples = _score(ctx, sim, known_score, known_full=stage.key == "amp")
+            score, samples = _score(ctx, sim, state.known_score, known_full=state.known_full)
         relative = ctx.budget.relative(sim) if ctx.budget is not None else None
         within = ctx.budget.allows(relative) if ctx.budget is not None else True
         calls1, samples1, eq1 = meter(ctx)
@@ -161,7 +139,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             samples,
             time.perf_counter() - start,
             calls1 - calls0,
-            note,
+            state.note,
             eval_samples=samples1 - samples0,
             eval_equivalents=round(eq1 - eq0, 6),
             gain=None if previous is None else score - previous,
@@ -169,14 +147,14 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             within_budget=within,
             from_study=record is not None,
             prefix_key=keys[index],
-            choice=choice,
+            choice=state.choice,
         )
         results.append(result)
         if known is not None and record is None:
             known.add(keys[index], result.to_dict())
         previous = score
         previous_full = score if samples is None else None
-        keep.offer(Kept(index, score, samples, within, sim, model, amp_result))
+        keep.offer(Kept(index, score, samples, within, sim, state.model, state.amp_result))
         logger.info(
             "stage %d/%d %s: score %.4f (%.1f s, %.2f eval-equivalents)%s",
             index + 1,
@@ -190,10 +168,10 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         if on_stage is not None and on_stage(index, result):
             completed_early = index < len(pipeline.stages) - 1
             break
-    if sim is None:  # no stage at all: the default scheme on the FP32 model
-        sim = ctx.calibrated_sim(model, pair, per_channel)
+    if not pipeline.stages:  # no stage at all: the default scheme on the FP32 model
+        sim = ctx.calibrated_sim(state.model, state.pair, state.per_channel)
         score, samples = _score(ctx, sim)
-        keep.offer(Kept(-1, score, samples, True, sim, model))
+        keep.offer(Kept(-1, score, samples, True, sim, state.model))
     pending = keep.to_confirm()
     if pending is not None:  # the best subset score could beat every full one: confirm it in full
         start = time.perf_counter()
@@ -223,7 +201,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         results,
         best.score,
         completed_early=completed_early,
-        amp_result=amp_result,
+        amp_result=state.amp_result,
         best_index=best.index,
         within_budget=best.within_budget,
     )

@@ -200,7 +200,9 @@ def constrain_space(space: SearchSpace, target: TargetProfile, param_bw: int, ou
     is dropped (orderings with ``amp`` then go unused). ``generic`` returns ``space`` unchanged.
     """
     from ..amp import parse_candidate
-    from ..search._space import AmpSpace, Choice, SchemeSpace
+    from ..search._ampstage import AmpSpace
+    from ..search._params import Choice
+    from ..search._scheme import SchemeSpace
 
     if target.is_generic:
         return space
@@ -217,9 +219,5 @@ def constrain_space(space: SearchSpace, target: TargetProfile, param_bw: int, ou
         per_channel=Choice(per_channel),
         select_by=space.scheme.select_by,
     )
-    return replace(
-        space,
-        amp=AmpSpace(candidate_sets=tuple(sets), num_samples_for_phase_1=space.amp.num_samples_for_phase_1),
-        scheme=scheme,
-        target=target.name,
-    )
+    amp = AmpSpace(candidate_sets=tuple(sets), num_samples_for_phase_1=space.amp.num_samples_for_phase_1)
+    return replace(space.with_sections(amp=amp, scheme=scheme), target=target.name)

@@ -15,19 +15,16 @@ id         config                     apply
 
 The model techniques (``bnf``, ``cle``) take and return a model (a prepared ``torch.fx.GraphModule``)
 and run before the :class:`~aq_search.QuantSim` is built; the sim techniques (``adaround``, ``bc``)
-modify a calibrated sim in place and return it. :data:`TECHNIQUES` lists them by id.
+modify a calibrated sim in place and return it.
 
 Each technique also registers a :class:`TechniqueSpec` beside its config and function (stage key,
 model or sim, what must precede it, whether reloading re-applies it, search dimensions, cost class);
 :func:`registered_techniques` returns them, and the search reads nothing else. A new technique with
-``generic=True`` is one module (config + function + ``register_technique``) plus its YAML entry.
+``generic=True`` is one module (config + function + ``register_technique``) plus its YAML entry; one that
+needs more declares hooks in its spec (section parsing, trial suggestion, label, run), never code elsewhere.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from collections.abc import Callable
-from typing import Any, Literal
 
 from ._adaround import AdaRoundLayerResult, AdaRoundParams, AdaRoundReport, apply_adaround
 from ._bias_correction import BiasCorrectionConfig, BiasCorrectionLayerResult, BiasCorrectionReport, correct_bias
@@ -38,7 +35,6 @@ from ._config import TechniqueConfig
 from ._registry import Dimension, TechniqueSpec, register_technique, registered_techniques
 
 __all__ = [
-    "TECHNIQUES",
     "AdaRoundCache",
     "AdaRoundLayerResult",
     "AdaRoundParams",
@@ -52,7 +48,6 @@ __all__ = [
     "CLEReport",
     "Dimension",
     "FoldedBatchNorm",
-    "Technique",
     "TechniqueConfig",
     "TechniqueSpec",
     "TensorCache",
@@ -63,31 +58,3 @@ __all__ = [
     "register_technique",
     "registered_techniques",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Technique:
-    """A registered technique: its id, config class, apply function and what it acts on.
-
-    ``acts_on == "model"``: ``apply(model, dummy_input, config) -> model``.
-    ``acts_on == "sim"``: ``apply(sim, data_loader, config, *, forward_fn=...) -> sim`` (AdaRound also takes
-    ``cache=`` and ``seed=``).
-    """
-
-    id: str
-    config_class: type[TechniqueConfig]
-    apply: Callable[..., Any]
-    acts_on: Literal["model", "sim"]
-    meta_key: str
-
-
-#: Every technique by id, in the usual order of application.
-TECHNIQUES: dict[str, Technique] = {
-    t.id: t
-    for t in (
-        Technique("bnf", BatchNormFoldConfig, fold_all_batch_norms, "model", "bn_fold"),
-        Technique("cle", CLEConfig, equalize_model, "model", "cle"),
-        Technique("adaround", AdaRoundParams, apply_adaround, "sim", "adaround"),
-        Technique("bc", BiasCorrectionConfig, correct_bias, "sim", "bias_correction"),
-    )
-}

@@ -47,7 +47,7 @@ from ._adaround_opt import (
 from ._cache import TensorCache
 from ._config import bad_argument
 from ._graph import LAYERS, bias_of
-from ._registry import Dimension, TechniqueSpec, register_technique
+from ._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
 from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
 
 __all__ = ["AdaRoundLayerResult", "AdaRoundParams", "AdaRoundReport", "apply_adaround"]
@@ -308,6 +308,28 @@ def apply_adaround(
     return sim
 
 
+def _suggest(ctx: SuggestContext) -> AdaRoundParams:
+    """The trial's AdaRound settings (the user's when fixed); the space's iteration count follows the
+    search's effort schedule, and every run stops early with the search's patience."""
+    if ctx.fixed is not None:
+        return ctx.fixed
+    beta_high = float(ctx.draw("beta_high"))
+    beta_low = float(ctx.draw("beta_low"))
+    return AdaRoundParams(
+        num_batches=ctx.clamp_batches(ctx.draw("num_batches")),
+        num_iterations=ctx.scale_iterations(int(ctx.draw("num_iterations"))),
+        early_stop_patience=ctx.early_stop_patience,
+        reg_param=float(ctx.draw("reg_param")),
+        beta_range=(max(beta_high, beta_low), min(beta_high, beta_low)),
+        warm_start=float(ctx.draw("warm_start")),
+    )
+
+
+def _describe(c: AdaRoundParams) -> str:
+    stop = ", early stop" if getattr(c, "early_stop_patience", 0) else ""
+    return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g}{stop})"
+
+
 register_technique(
     TechniqueSpec(
         key="adaround",
@@ -325,5 +347,9 @@ register_technique(
             Dimension("warm_start", float, 0.2, 0.0, 0.99),
         ),
         cost="optimizing",
+        in_every_space=True,
+        suggest=_suggest,
+        run_kwargs={"cache": "adaround_cache", "seed": "seed"},
+        describe_config=_describe,
     )
 )

@@ -22,7 +22,7 @@ from .._errors import EncodingsNotComputedError
 from ..quantsim import QuantSim
 from ._config import TechniqueConfig, bad_argument
 from ._graph import LAYERS, ensure_bias, num_calls
-from ._registry import Dimension, TechniqueSpec, register_technique
+from ._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
 from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
 
 __all__ = ["BiasCorrectionConfig", "BiasCorrectionLayerResult", "BiasCorrectionReport", "correct_bias"]
@@ -203,6 +203,11 @@ def correct_bias(
     return sim
 
 
+def _suggest(ctx: SuggestContext) -> BiasCorrectionConfig:
+    """``bc__num_batches``, at most the batches the search holds."""
+    return BiasCorrectionConfig(num_batches=ctx.clamp_batches(ctx.draw("num_batches")))
+
+
 register_technique(
     TechniqueSpec(
         key="bc",
@@ -215,5 +220,8 @@ register_technique(
         cost="data",
         space_key="bias_correction",
         meta_key="bias_correction",
+        in_every_space=True,
+        suggest=_suggest,
+        describe_config=lambda config: "bc",  # records name the stage only
     )
 )

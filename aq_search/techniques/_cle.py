@@ -404,6 +404,13 @@ def equalize_model(folded: nn.Module, dummy_input: Any, config: CLEConfig | None
     return gm
 
 
+def _describe(c: CLEConfig) -> str:
+    opts = [] if c.high_bias_absorption else ["no-hba"]
+    if c.replace_relu6 != "always":
+        opts.append(f"relu6:{c.replace_relu6}")
+    return f"cle({', '.join(opts)})" if opts else "cle"
+
+
 register_technique(
     TechniqueSpec(
         key="cle",
@@ -415,5 +422,7 @@ register_technique(
         reapply_on_load=True,
         dimensions=(Dimension("high_bias_absorption", bool, True), Dimension("replace_relu6", str, "always")),
         cost="free",
+        in_every_space=True,
+        describe_config=_describe,
     )
 )

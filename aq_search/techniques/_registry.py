@@ -11,6 +11,12 @@ read :func:`registered_techniques`; none of them lists techniques by hand. A tec
 trial parameters are ``<key>__<dimension>``, its config is ``config_class(**values)``, and it runs as
 ``apply(model, dummy_input, config)`` (``acts_on="model"``) or
 ``apply(sim, batches, config, forward_fn=...)`` (``acts_on="sim"``).
+
+A technique that needs more than that says so in its spec, with optional hooks, never with code
+elsewhere: ``parse_section`` (its YAML section is not a set of dimensions), ``suggest`` (its config is
+not ``config_class(**values)``), ``run`` (it is not a plain ``apply`` call), ``describe_config`` (its
+label in records), ``usable`` (whether a space and setting can run it at all), ``run_kwargs`` (extra
+keyword arguments of ``apply``, taken from the search's run context).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, Literal
 
 from .._errors import InvalidInputError
 
-__all__ = ["Dimension", "TechniqueSpec", "register_technique", "registered_techniques"]
+__all__ = ["Dimension", "SuggestContext", "TechniqueSpec", "register_technique", "registered_techniques"]
 
 #: How expensive a technique is, cheapest first (``free``: no data; ``data``: passes over calibration
 #: batches; ``optimizing``: per-layer optimization; ``eval``: calls the eval callback).
@@ -34,7 +40,8 @@ COST_CLASSES = ("free", "data", "optimizing", "eval")
 class Dimension:
     """One search dimension of a technique: YAML key ``<space_key>.<name>``, trial parameter ``<key>__<name>``.
 
-    ``kind`` is ``int``, ``float`` or ``bool``; numeric values must lie in ``[low, high]``.
+    ``kind`` is ``int``, ``float``, ``bool`` or ``str``; numeric values must lie in ``[low, high]``;
+    every value is also checked against the config's declared constraint of the field of that name.
     """
 
     name: str
@@ -43,6 +50,45 @@ class Dimension:
     low: float | None = None
     high: float | None = None
     doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class SuggestContext:
+    """What a technique's ``suggest`` hook gets: the trial, its section of the space, the search's settings.
+
+    Attributes:
+        key: the technique's key (trial parameters are ``<key>__<name>``).
+        section: the technique's section of the search space (a mapping of dimension specs, or what
+            its ``parse_section`` hook returned).
+        space: the whole search space.
+        param_bw / output_bw: the study's default bit-widths.
+        num_batches_available: calibration batches the search holds.
+        fixed: what the user fixed for this technique (``AutoQuant``'s settings), or ``None``.
+        scale_iterations: the search's effort schedule for iterative techniques (iterations for
+            ``param_bw``-bit weights, given the count the space declares).
+        early_stop_patience: the search's early-stop patience for iterative techniques.
+        draw_param: ``draw_param(name, spec) -> value``: the search's define-by-run call (an Optuna
+            ``suggest_*`` for a range or a choice, the value itself when fixed).
+    """
+
+    key: str
+    section: Any
+    space: Any
+    param_bw: int
+    output_bw: int
+    num_batches_available: int
+    draw_param: Callable[[str, Any], Any]
+    fixed: Any = None
+    scale_iterations: Callable[[int], int] = int
+    early_stop_patience: int = 0
+
+    def draw(self, name: str, spec: Any = None) -> Any:
+        """The trial's value of ``<key>__<name>``, from ``spec`` or the section's dimension ``name``."""
+        return self.draw_param(f"{self.key}__{name}", self.section[name] if spec is None else spec)
+
+    def clamp_batches(self, n: Any) -> int:
+        """``n`` batches, at least 1 and at most the batches available."""
+        return max(1, min(int(n), self.num_batches_available))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +110,22 @@ class TechniqueSpec:
         space_key: its section in a search-space YAML (default: ``key``).
         generic: space parsing, suggestion and running come from this spec alone.
         meta_key: where its report goes in ``model.meta["aq_search"]`` (default: ``key``).
+        in_every_space: its section is part of every parsed space (with defaults when absent), and so of
+            the space's fingerprint; otherwise only when the YAML has it or an ordering uses it.
+        config_classes: further config classes its stages may carry (reloading reads them too).
+        parse_section: ``parse_section(raw, where) -> section``: reads its YAML section when that is not
+            a set of dimensions; ``where.error(key, message)`` makes the error naming file and key.
+        section_to_yaml: ``section_to_yaml(section) -> dict``: the inverse, for ``SearchSpace.to_dict``.
+        suggest: ``suggest(ctx: SuggestContext) -> config`` (default: one ``<key>__<dim>`` parameter
+            per dimension, then ``build``).
+        run: ``run(ctx, state, stage) -> None``: runs a stage the default cannot (``acts_on="scheme"``;
+            a sim technique that needs more than ``apply``); it sets the fields of the run's state.
+        run_kwargs: ``{apply keyword: run-context attribute}`` passed to ``apply`` (e.g. a cache).
+        describe_config: ``describe_config(config) -> str``: its label in pipelines and records
+            (default: ``key(dim=value ...)`` for the dimensions off their defaults).
+        usable: ``usable(space, param_bw, output_bw, fixed) -> bool``: orderings with it are dropped when False.
+        prune_before: trials may be pruned on the scores of stages before it (False: it can recover any
+            score before it, so those scores say little about where the trial ends).
     """
 
     key: str
@@ -79,6 +141,16 @@ class TechniqueSpec:
     space_key: str = ""
     generic: bool = False
     meta_key: str = ""
+    in_every_space: bool = False
+    config_classes: tuple[type, ...] = ()
+    parse_section: Callable[[Mapping[str, Any], Any], Any] | None = None
+    section_to_yaml: Callable[[Any], dict[str, Any]] | None = None
+    suggest: Callable[[SuggestContext], Any] | None = None
+    run: Callable[..., None] | None = None
+    run_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    describe_config: Callable[[Any], str] | None = None
+    usable: Callable[..., bool] | None = None
+    prune_before: bool = True
 
     def __post_init__(self) -> None:
         if self.acts_on not in ("model", "scheme", "sim"):
@@ -89,17 +161,29 @@ class TechniqueSpec:
             raise InvalidInputError(
                 f"The 'cost' parameter of TechniqueSpec must be one of {', '.join(COST_CLASSES)}. Got {self.cost!r} instead."
             )
+        if self.apply is None and self.run is None:
+            raise InvalidInputError(
+                f"TechniqueSpec {self.key!r} needs an 'apply' function or a 'run' hook: the search could not run it."
+            )
         if not self.space_key:
             object.__setattr__(self, "space_key", self.key)
         if not self.meta_key:
             object.__setattr__(self, "meta_key", self.key)
+
+    @property
+    def has_section(self) -> bool:
+        """Whether a search space has a section for it (its dimensions, or its own parser)."""
+        return bool(self.dimensions) or self.parse_section is not None
 
     def build(self, values: Mapping[str, Any]) -> Any:
         """The config for the values of its dimensions (a generic technique's define-by-run step)."""
         return self.config_class(**values)
 
     def describe(self, config: Any) -> str:
-        """``key(name=value, ...)`` for the values that differ from the dimensions' defaults."""
+        """Its label for ``config``: the ``describe_config`` hook, else ``key(name=value, ...)`` for the
+        values that differ from the dimensions' defaults."""
+        if self.describe_config is not None:
+            return self.describe_config(config)
         shown = [
             f"{d.name}={getattr(config, d.name):.3g}"
             if isinstance(getattr(config, d.name), float)
@@ -111,7 +195,7 @@ class TechniqueSpec:
 
 
 _REGISTRY: dict[str, TechniqueSpec] = {}
-_SEARCH_MODULES = ("aq_search.search._pipeline", "aq_search.search._ampstage")  # register scheme and amp
+_SEARCH_MODULES = ("aq_search.search._scheme", "aq_search.search._ampstage")  # register scheme and amp
 
 
 def register_technique(spec: TechniqueSpec) -> TechniqueSpec:

@@ -37,7 +37,7 @@ from ._plots import (
     plot_orderings,
     plot_stage_waterfall,
 )
-from ._publish import publish_study
+from ._publish import attach, publish_study
 from ._records import (
     AmpSummary,
     StageScore,
@@ -77,3 +77,5 @@ __all__ = [
     "summarize_trial",
     "write_report",
 ]
+
+attach()  # the dashboard records, artifacts and report of every search (search itself imports no viz)

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: Folder (under ``results_dir``) of the file-system artifact store.
 ARTIFACTS_DIR = "artifacts"
+#: where a search with a custom ``artifact_store=`` notes it, for :func:`make_dashboard_server`
+ARTIFACT_STORE_FILE = "artifact_store.json"
 #: ids of the custom plots saved to the study (saving again replaces them).
 PLOT_IDS = ("aq-accuracy-vs-bops", "aq-best-trial-stages", "aq-orderings")
 
@@ -311,6 +313,39 @@ def annotate_study(study_or_result: optuna.Study | AutoQuantResult, results_dir:
     return True
 
 
+def record_artifact_store(results_dir: str | os.PathLike[str], store: Any) -> None:
+    """Note a custom artifact store in ``results_dir/artifact_store.json`` (a file-system store by its
+    folder; another kind by its type), so the dashboard of that folder shows its artifacts."""
+    base = getattr(store, "_base_path", None)
+    note = {"type": type(store).__name__, "path": str(Path(base).resolve()) if base is not None else None}
+    path = Path(results_dir) / ARTIFACT_STORE_FILE
+    if not path.is_file() or json.loads(path.read_text(encoding="utf-8")) != note:
+        path.write_text(json.dumps(note), encoding="utf-8")
+
+
+def _dashboard_store(results_dir: str | os.PathLike[str], given: Any) -> Any:
+    """The artifact store to serve: the one given, the custom one the search noted, else ``results_dir/artifacts``."""
+    if given is not None:
+        return given
+    noted = Path(results_dir) / ARTIFACT_STORE_FILE
+    if noted.is_file():
+        try:
+            note = json.loads(noted.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            note = {}
+        if isinstance(note, dict) and note.get("path") and Path(str(note["path"])).is_dir():
+            from optuna.artifacts import FileSystemArtifactStore
+
+            return FileSystemArtifactStore(str(note["path"]))
+        logger.warning(
+            "the search in %s wrote its artifacts to a %s; pass that store as make_dashboard_server(artifact_store=...) "
+            "to see them in the dashboard",
+            results_dir,
+            note.get("type", "custom store") if isinstance(note, dict) else "custom store",
+        )
+    return artifact_store(results_dir, create=False) if (Path(results_dir) / ARTIFACTS_DIR).is_dir() else None
+
+
 # -- serving -----------------------------------------------------------------------------------------------
 
 
@@ -382,9 +417,18 @@ class DashboardServer:
 
 
 def make_dashboard_server(
-    results_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8080, *, storage: str | None = None
+    results_dir: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    storage: str | None = None,
+    artifact_store: Any = None,
 ) -> DashboardServer:
     """Bind optuna-dashboard for the study in ``results_dir`` (``port=0`` picks a free port).
+
+    Its artifacts come from ``artifact_store`` when given; else from the file-system store that a search
+    with ``AutoQuant(artifact_store=...)`` noted in ``results_dir/artifact_store.json``; else from
+    ``results_dir/artifacts``.
 
     Raises:
         ImportError: optuna-dashboard is not installed.
@@ -396,8 +440,7 @@ def make_dashboard_server(
     except ImportError as err:
         raise ImportError("The dashboard needs optuna-dashboard: pip install 'aq-search[dashboard]'.") from err
     url = dashboard_storage(results_dir, storage)
-    store = artifact_store(results_dir, create=False) if (Path(results_dir) / ARTIFACTS_DIR).is_dir() else None
-    app = optuna_dashboard.wsgi(url, artifact_store=store)
+    app = optuna_dashboard.wsgi(url, artifact_store=_dashboard_store(results_dir, artifact_store))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
     class Server(_ThreadingServer):

@@ -97,6 +97,10 @@ def test_artifact_store_receives_each_trials_artifacts(tmp_path: Path, aq_seed: 
         with store.open_reader(by_name["encodings.json"].artifact_id) as f:
             assert json.loads(f.read())  # a real encodings file
     assert not (tmp_path / "aq" / "artifacts").exists()  # not the default store beside the results
+    from aq_search.viz._dashboard import _dashboard_store
+
+    served = _dashboard_store(tmp_path / "aq", None)  # what `aq-search dashboard <results_dir>` serves
+    assert isinstance(served, FileSystemArtifactStore) and Path(served._base_path) == store_dir.resolve()
 
 
 def test_progress_false_opens_no_bar(tmp_path: Path, aq_seed: int, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,27 +13,33 @@ from torch import nn
 from aq_search import QuantSim
 from aq_search.quantsim import is_prepared
 from aq_search.techniques import (
-    TECHNIQUES,
     AdaRoundParams,
+    BatchNormFoldConfig,
     BiasCorrectionConfig,
     CLEConfig,
     TechniqueConfig,
     fold_all_batch_norms,
+    registered_techniques,
 )
+from aq_search.techniques._act_range import ActivationRangeSearchConfig
 
 from .conftest import Case, relative_error
 
+#: Every registered technique with an apply function (the search runs ``scheme`` and ``amp`` itself).
+TECHNIQUES = {key: spec for key, spec in registered_techniques().items() if spec.apply is not None}
+
 #: A small, valid config per technique (AdaRound with few iterations to stay fast).
 CONFIGS: dict[str, TechniqueConfig] = {
-    "bnf": TECHNIQUES["bnf"].config_class(),
+    "bnf": BatchNormFoldConfig(),
     "cle": CLEConfig(high_bias_absorption=False),
     "adaround": AdaRoundParams(num_batches=2, num_iterations=30, batch_size=64),
     "bc": BiasCorrectionConfig(num_batches=2),
+    "ars": ActivationRangeSearchConfig(num_batches=2),
 }
 
 
 def test_every_technique_has_a_config() -> None:
-    assert set(CONFIGS) == set(TECHNIQUES)
+    assert set(CONFIGS) == set(TECHNIQUES)  # a newly registered technique adds its config here
     for tid, t in TECHNIQUES.items():
         assert t.config_class.technique == tid
         assert isinstance(CONFIGS[tid], t.config_class)
@@ -42,6 +48,7 @@ def test_every_technique_has_a_config() -> None:
 def _apply(tid: str, case: Case, seed: int = 0) -> tuple[nn.Module, Any]:
     """Apply technique ``tid`` the way a pipeline would; returns (resulting model, what apply returned)."""
     technique, config = TECHNIQUES[tid], CONFIGS[tid]
+    assert technique.apply is not None
     if tid == "bnf":
         out = technique.apply(case.model, case.dummy_input, config)
         return out, out
@@ -51,7 +58,8 @@ def _apply(tid: str, case: Case, seed: int = 0) -> tuple[nn.Module, Any]:
         return out, out
     sim = QuantSim(folded, case.dummy_input, quant_scheme="tf", default_param_bw=4, default_output_bw=8, per_channel=False)
     sim.compute_encodings(case.batches)
-    kwargs: dict[str, Any] = {"seed": seed} if tid == "adaround" else {}
+    kwargs: dict[str, Any] = {"seed": seed} if "seed" in technique.run_kwargs else {}
+    assert technique.apply is not None
     out = technique.apply(sim, case.batches, config, **kwargs)
     assert out is sim
     return sim.model, out
