@@ -20,7 +20,8 @@ from torch.utils import _pytree as pytree
 from .._data import as_model_args
 from .._errors import EncodingsNotComputedError, InvalidInputError
 from ..quantsim import FakeQuantizer, QuantSim
-from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
+from ..quantsim._functional import node_scope
+from ..quantsim._layers import KNOWN_LEAVES, PASSTHROUGH_LAYERS
 from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available, dynamo_export
 from ._dynamo import marker as dynamo_marker
 from ._onnx_types import (
@@ -204,7 +205,7 @@ def _torch_export(
 
 
 _KNOWN_EXPORTABLE: tuple[type[nn.Module], ...] = (
-    tuple(t for t in _KNOWN_LEAVES if t.__module__.startswith("torch.nn")) + PASSTHROUGH_LAYERS
+    tuple(t for t in KNOWN_LEAVES if t.__module__.startswith("torch.nn")) + PASSTHROUGH_LAYERS
 )
 
 
@@ -252,7 +253,7 @@ def _probe_node(gm: fx.GraphModule, node: fx.Node, opset: int) -> str | None:
 
 
 def _called_in(node: fx.Node) -> str:
-    scope = _scope(node)
+    scope = node_scope(node)
     return f", called in module {scope!r}" if scope else ""
 
 

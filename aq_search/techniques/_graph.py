@@ -9,7 +9,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .._errors import InvalidInputError
-from ..quantsim._prepare import BATCHNORMS, is_prepared, prepare_model
+from ..quantsim._layers import BATCHNORMS
+from ..quantsim._prepare import is_prepared, prepare_model
 
 __all__ = [
     "CONVS",
