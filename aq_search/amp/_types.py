@@ -94,7 +94,44 @@ class SensitivityEntry(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MixedPrecisionResult:
+class AmpOutcome:
+    """The figures of an AMP run, shared by :class:`MixedPrecisionResult` and its JSON-able summary.
+
+    Attributes:
+        accuracy: the eval score of the chosen config (phase-2 samples).
+        fp32_accuracy / target_accuracy / baseline_accuracy: the FP32 score, the target, and the
+            score with every group at its highest-cost candidate.
+        relative_bops / relative_size: cost of the chosen config relative to every group at its
+            highest-cost candidate.
+        cost: the metric minimized, ``"bops"`` or ``"size"``.
+        n_eval_calls: calls of the eval callback (FP32 and baseline included).
+        group_config: ``{group name: candidate}``.
+        sensitivity: the phase-1 table.
+        pareto: the Pareto front of the evaluated configs, highest cost first.
+        evaluated: every config evaluated in phase 2 (baseline first).
+    """
+
+    accuracy: float
+    fp32_accuracy: float
+    target_accuracy: float
+    baseline_accuracy: float
+    relative_bops: float
+    relative_size: float
+    cost: str
+    n_eval_calls: int
+    group_config: Mapping[str, str]
+    sensitivity: tuple[SensitivityEntry, ...]
+    pareto: tuple[ParetoPoint, ...]
+    evaluated: tuple[ParetoPoint, ...]
+
+    @property
+    def relative_cost(self) -> float:
+        """The chosen config's cost in the metric that was minimized."""
+        return self.relative_bops if self.cost == "bops" else self.relative_size
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionResult(AmpOutcome):
     """What :func:`choose_mixed_precision` found; the config is applied to the sim.
 
     Attributes:
@@ -114,27 +151,10 @@ class MixedPrecisionResult:
     """
 
     config: Mapping[str, str]
-    pareto: tuple[ParetoPoint, ...]
-    accuracy: float
-    relative_bops: float
-    relative_size: float
     target_met: bool
     message: str
-    sensitivity: tuple[SensitivityEntry, ...]
     groups: tuple[QuantizerGroup, ...]
-    n_eval_calls: int
-    fp32_accuracy: float
-    target_accuracy: float
-    baseline_accuracy: float
-    cost: str
-    group_config: Mapping[str, str]
-    evaluated: tuple[ParetoPoint, ...]
     phase1_metric: str = "eval"
-
-    @property
-    def relative_cost(self) -> float:
-        """The chosen config's cost in the metric that was minimized."""
-        return self.relative_bops if self.cost == "bops" else self.relative_size
 
     def sensitivity_table(self) -> str:
         """Phase 1 as a text table, least sensitive per cost saved first."""
