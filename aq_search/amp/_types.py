@@ -34,7 +34,7 @@ class MixedPrecisionConfig(TechniqueConfig):
             and FP32 scores (``None``: all, the default).
         cost: what to minimize: ``"bops"`` (bit operations) or ``"size"`` (bits of weights).
         phase1_metric: ``"eval"`` (eval callback on phase-1 samples) or ``"sqnr"`` (SQNR of the
-            model outputs on ``forward_fn``'s data; no eval calls in phase 1).
+            model outputs on ``forward_pass_callback``'s data; no eval calls in phase 1).
         phase2_search: ``"binary"`` (about log2(moves) eval calls) or ``"linear"`` (every prefix:
             a complete front).
         refine_evals: eval calls allowed for the refinement after phase 2 (0: none, as AIMET).

@@ -89,7 +89,7 @@ def _check_encodings(sim: QuantSim) -> None:
         shown = ", ".join(repr(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
         raise EncodingsNotComputedError(
             f"cannot export before the encodings exist: {len(missing)} enabled quantizer(s) have none ({shown}). "
-            "Fix: call sim.compute_encodings(forward_fn) or sim.load_encodings(path) first, or disable those "
+            "Fix: call sim.compute_encodings(batches) or sim.load_encodings(path) first, or disable those "
             "quantizers with sim.set_enabled(...)."
         )
 

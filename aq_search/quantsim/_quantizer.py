@@ -231,7 +231,7 @@ class FakeQuantizer(nn.Module):
         scale, zp = self.scale, self.zero_point
         if scale is None or zp is None:
             raise EncodingsNotComputedError(
-                "The quantized model was run before its encodings exist: call sim.compute_encodings(forward_fn) "
+                "The quantized model was run before its encodings exist: call sim.compute_encodings(batches) "
                 "or sim.load_encodings(path) first."
             )
         qmin, qmax = self.quant_range

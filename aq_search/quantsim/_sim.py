@@ -14,9 +14,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
-from .._device import check_same_device
+from .._compat import UNSET, renamed_parameter
 from .._errors import AQSearchError, CalibrationError, InvalidInputError
+from ._calibrate import calibration_runner
 from ._functional import is_data_movement
 from ._layers import PASSTHROUGH_LAYERS
 from ._placement import apply_static_placement, watch_masks
@@ -374,55 +374,46 @@ class QuantSim:
                 q.stop_observing()
             self.model.train(training)
 
-    def compute_encodings(self, forward_fn: Callable[..., Any] | Iterable[Any], forward_fn_args: Any = None) -> None:
-        """Calibrate: run ``forward_fn(model)`` and compute every encoding from what was seen.
+    def compute_encodings(
+        self,
+        forward_pass_callback: Callable[..., Any] | Iterable[Any] | None = None,
+        forward_pass_callback_args: Any = None,
+        *,
+        forward_fn: Any = UNSET,
+        forward_fn_args: Any = UNSET,
+    ) -> None:
+        """Calibrate: run ``forward_pass_callback(model)`` and compute every encoding from what was seen.
 
         Args:
-            forward_fn: a callable that runs calibration batches through the model it is given
-                (``forward_fn(model)``, or ``forward_fn(model, forward_fn_args)`` as in AIMET). The
-                user owns the loop. A re-iterable of batches (a DataLoader, a list) is accepted too:
-                each batch is fed as ``model(x)`` / ``model(*x)`` / ``model(**x)``.
-            forward_fn_args: passed as the second argument when given.
+            forward_pass_callback: a callable that runs calibration batches through the model it is
+                given (``forward_pass_callback(model)``, or ``forward_pass_callback(model,
+                forward_pass_callback_args)`` as in AIMET). The user owns the loop. A re-iterable of
+                batches (a DataLoader, a list) is accepted too: each batch is fed as ``model(x)`` /
+                ``model(*x)`` / ``model(**x)``.
+            forward_pass_callback_args: passed as the second argument when given.
+            forward_fn / forward_fn_args: deprecated names of the two above (``forward_fn`` means
+                ``forward_fn(model, batch)`` everywhere else); they warn and will be removed.
 
         Activations are observed in float (quantization off); weights are encoded from the weights.
 
         Raises:
-            CalibrationError: ``forward_fn`` raised, or no calibration data reached the model.
+            CalibrationError: ``forward_pass_callback`` raised, or no calibration data reached the model.
         """
-        if callable(forward_fn):
-            fn = forward_fn
-
-            def run(model: nn.Module) -> None:
-                if forward_fn_args is None:
-                    fn(model)
-                else:
-                    fn(model, forward_fn_args)
-
-        elif isinstance(forward_fn, Iterable) and not isinstance(forward_fn, (str, bytes, torch.Tensor)):
-            batches = forward_fn
-
-            def run(model: nn.Module) -> None:
-                fed = 0
-                for batch in batches:
-                    if fed == 0:
-                        check_same_device(model, batch, "the first calibration batch")
-                    feed_batch(model, batch)
-                    fed += 1
-                if fed == 0 and is_one_shot(batches):
-                    raise CalibrationError("the calibration batches yielded nothing." + exhausted_iterator_hint(batches))
-
-        else:
-            raise InvalidInputError(
-                "compute_encodings needs a callable forward_fn(model) that runs calibration batches through the "
-                f"model (or a re-iterable of batches). Got {type(forward_fn).__name__} instead."
-            )
+        who = "QuantSim.compute_encodings"
+        callback = renamed_parameter(who, "forward_fn", "forward_pass_callback", forward_fn, forward_pass_callback)
+        callback_args = renamed_parameter(
+            who, "forward_fn_args", "forward_pass_callback_args", forward_fn_args, forward_pass_callback_args
+        )
+        run = calibration_runner(callback, callback_args)
         with self._calibrating(), torch.no_grad(), watch_masks(self):
             try:
                 run(self.model)
             except AQSearchError:
                 raise  # already says what is wrong and how to fix it
             except Exception as err:
-                raise CalibrationError(f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}") from err
+                raise CalibrationError(
+                    f"The calibration callback (forward_pass_callback) raised {type(err).__name__}: {err}"
+                ) from err
         self._compute_activation_encodings(after_calibration=True)
         self.compute_param_encodings()
 
@@ -431,7 +422,7 @@ class QuantSim:
         unseen = [name for name, q in self._activation.items() if q in observed and (q.stats is None or q.stats.empty)]
         if observed and len(unseen) == len(observed) and after_calibration:
             raise CalibrationError(
-                "Calibration saw no data: forward_fn(model) did not run any batch through the model it was given. "
+                "Calibration saw no data: forward_pass_callback(model) did not run any batch through the model it was given. "
                 "It must call the model passed to it, e.g. `lambda model: [model(x) for x in calibration_batches]`, "
                 "and the calibration data must not be empty."
             )

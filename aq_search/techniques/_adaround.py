@@ -278,7 +278,7 @@ def apply_adaround(
         if q.scale is None:
             raise EncodingsNotComputedError(
                 f"apply_adaround needs the weight encodings, but {name!r} has none: call "
-                "sim.compute_encodings(forward_fn) (or sim.load_encodings) before apply_adaround."
+                "sim.compute_encodings(batches) (or sim.load_encodings) before apply_adaround."
             )
         return None
 
@@ -288,7 +288,7 @@ def apply_adaround(
         if missing:
             raise EncodingsNotComputedError(
                 f"apply_adaround with use_quantized_inputs needs the activation encodings ({missing[:3]} have none): "
-                "call sim.compute_encodings(forward_fn) first."
+                "call sim.compute_encodings(batches) first."
             )
     inputs = calibration_inputs(data_loader, params.num_batches, forward_fn, "apply_adaround")
     walk = _AdaRoundWalk(sim, layers, params, cache, seed)

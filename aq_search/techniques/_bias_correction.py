@@ -179,7 +179,7 @@ def correct_bias(
     missing = [q for q in quantizers if q.enabled and q.dtype == "int" and q.scale is None]
     if missing or not any(q.scale is not None for q in quantizers):
         raise EncodingsNotComputedError(
-            "correct_bias needs the sim's encodings: call sim.compute_encodings(forward_fn) (or sim.load_encodings) first."
+            "correct_bias needs the sim's encodings: call sim.compute_encodings(batches) (or sim.load_encodings) first."
         )
     inputs = calibration_inputs(data_loader, config.num_batches, forward_fn, "correct_bias")
     calls = num_calls(sim.model)
