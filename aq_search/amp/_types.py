@@ -10,6 +10,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import nn
 
+from .._constraints import Constraint, Interval, NoneValue, Options
 from ..techniques._config import TechniqueConfig
 from ._candidates import Candidate, parse_candidate, parse_candidates
 from ._cost import COST_METRICS
@@ -54,15 +55,19 @@ class MixedPrecisionConfig(TechniqueConfig):
     phase2_search: str = "binary"
     refine_evals: int = 0
 
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "num_samples_for_phase_1": [Interval(int, 1, None), NoneValue()],
+        "num_samples_for_phase_2": [Interval(int, 1, None), NoneValue()],
+        "cost": [Options(*COST_METRICS)],
+        "phase1_metric": [Options(*PHASE1_METRICS)],
+        "phase2_search": [Options(*PHASE2_SEARCHES)],
+        "refine_evals": [Interval(int, 0, None)],
+    }
+
     def __post_init__(self) -> None:
         parsed = parse_candidates(self.candidates, who=type(self).__name__)
         object.__setattr__(self, "candidates", tuple(c.name for c in parsed))
-        self._check_int("num_samples_for_phase_1", 1, optional=True)
-        self._check_int("num_samples_for_phase_2", 1, optional=True)
-        self._check_int("refine_evals", 0)
-        for name, allowed in (("cost", COST_METRICS), ("phase1_metric", PHASE1_METRICS), ("phase2_search", PHASE2_SEARCHES)):
-            if getattr(self, name) not in allowed:
-                raise self._fail(name, f"one of {list(allowed)}", getattr(self, name))
+        super().__post_init__()
 
     @property
     def parsed_candidates(self) -> tuple[Candidate, ...]:

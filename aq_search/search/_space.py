@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .._constraints import check_raw_values
 from .._errors import InvalidInputError, SearchSpaceError
 from ..quantsim._range import _parse_scheme
 from ._ordering import STAGES, validate_ordering
@@ -415,6 +416,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
     bc = BiasCorrectionSpace(bc_batches)
 
     ada_raw = _mapping(top.get("adaround"), "adaround", where, set(_ADAROUND_KEYS))
+    check_raw_values(_config_class("adaround"), ada_raw, lambda name, msg: where.error(f"adaround.{name}", msg))
     ada = AdaRoundSpace(
         num_batches=_param(ada_raw.get("num_batches", 4), "adaround.num_batches", where, int, 1, 100_000),
         num_iterations=_param(ada_raw.get("num_iterations", 1000), "adaround.num_iterations", where, int, 1, 1_000_000),
@@ -425,6 +427,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
     )
 
     amp_raw = _mapping(top.get("amp"), "amp", where, {"candidate_sets", "num_samples_for_phase_1"})
+    check_raw_values(_config_class("amp"), amp_raw, lambda name, msg: where.error(f"amp.{name}", msg))
     sets_raw = amp_raw.get("candidate_sets", [["w{param_bw}a{output_bw}", "w8a8"]])
     if not isinstance(sets_raw, (list, tuple)) or not sets_raw:
         raise where.error("amp.candidate_sets", "must be a non-empty list of candidate lists.")
