@@ -27,6 +27,7 @@ __all__ = [
     "Options",
     "Pair",
     "check_parameter",
+    "parameter_error",
     "check_raw_values",
     "validate_params",
 ]
@@ -128,12 +129,14 @@ class Pair(Constraint):
     """``(start, end)``: two values each satisfying ``item`` (a list is accepted, stored as a tuple).
 
     ``order`` is ``"descending"`` (start >= end), ``"ascending"`` (start <= end) or ``None``;
-    ``example`` is shown in the message.
+    ``items`` names the values in the message (default: ``item``'s own wording); ``example`` is
+    shown in the message.
     """
 
     item: Constraint
     order: str | None = None
     example: str = ""
+    items: str = ""
 
     def accepts(self, value: Any) -> bool:
         if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(self.item.accepts(v) for v in value):
@@ -147,9 +150,10 @@ class Pair(Constraint):
         return tuple(self.item.convert(v) for v in value)
 
     def __str__(self) -> str:
-        order = {"descending": ", start >= end", "ascending": ", start <= end"}.get(self.order or "", "")
+        what = f"of {self.items}" if self.items else f"each {self.item}"
+        order = {"descending": " with start >= end", "ascending": " with start <= end"}.get(self.order or "", "")
         example = f", such as {self.example}" if self.example else ""
-        return f"a pair (start, end), each {self.item}{order}{example}"
+        return f"a pair (start, end) {what}{order}{example}"
 
 
 def _shown(value: Any) -> str:
@@ -170,8 +174,19 @@ def check_parameter(name: str, owner: str, value: Any, constraints: Sequence[Con
     for c in constraints:
         if c.accepts(value):
             return c.convert(value)
-    must = " or ".join(str(c) for c in constraints)
-    raise InvalidInputError(f"The '{name}' parameter of {owner} must be {must}. Got {_shown(value)} instead.")
+    raise parameter_error(name, owner, " or ".join(str(c) for c in constraints), value)
+
+
+def parameter_error(name: str, owner: str, must: str, value: Any) -> InvalidInputError:
+    """The one wording of a bad argument: "The '<name>' parameter of <owner> must be <must>. Got <value> instead."
+
+    Args:
+        name: the parameter.
+        owner: the function or class it belongs to.
+        must: completes "must be ..." (e.g. ``"a QuantSim"``, ``"an int >= 1"``).
+        value: what was passed; shown as its repr when short and primitive, else as its type.
+    """
+    return InvalidInputError(f"The '{name}' parameter of {owner} must be {must}. Got {_shown(value)} instead.")
 
 
 def validate_params(obj: Any, constraints: Mapping[str, Sequence[Constraint]] | None = None) -> None:

@@ -10,7 +10,7 @@ import functools
 import io
 from typing import Any
 
-from ._errors import InvalidInputError
+from ._constraints import parameter_error
 
 __all__ = ["BACKENDS", "check_backend", "figure_png", "matplotlib_figure", "plotly_go"]
 
@@ -21,7 +21,7 @@ BACKENDS = ("matplotlib", "plotly")
 def check_backend(backend: str, who: str) -> None:
     """Raise :class:`~aq_search.InvalidInputError` unless ``backend`` is one of :data:`BACKENDS`."""
     if backend not in BACKENDS:
-        raise InvalidInputError(f"The 'backend' parameter of {who} must be one of {list(BACKENDS)}. Got {backend!r} instead.")
+        raise parameter_error("backend", who, f"one of {list(BACKENDS)}", backend)
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from aq_search._constraints import Boolean, Interval, NoneValue, Options, check_parameter
+from aq_search._constraints import Boolean, Interval, NoneValue, Options, Pair, check_parameter
 from aq_search._errors import InvalidInputError, SearchSpaceError
 from aq_search.amp import MixedPrecisionConfig, choose_mixed_precision
 from aq_search.search import load_search_space
@@ -102,9 +102,10 @@ def test_adaround_params_declare_every_field_and_convert() -> None:
     with pytest.raises(InvalidInputError) as err:
         AdaRoundParams(num_batches=1, beta_range=(2, 20))
     assert str(err.value) == (
-        "The 'beta_range' parameter of AdaRoundParams must be a pair (start, end), each a finite number in (0.0, inf), "
-        "start >= end, such as (20, 2). Got (2, 20) instead."
+        "The 'beta_range' parameter of AdaRoundParams must be a pair (start, end) of positive numbers with start >= end, "
+        "such as (20, 2). Got (2, 20) instead."
     )
+    assert str(Pair(Interval(int, 0, None))) == "a pair (start, end) each an int >= 0"
     with pytest.raises(InvalidInputError, match=r"^The 'use_quantized_inputs' parameter of AdaRoundParams must be a bool\."):
         AdaRoundParams(num_batches=1, use_quantized_inputs=1)  # type: ignore[arg-type]
 
@@ -119,3 +120,14 @@ def test_amp_config_and_choose_mixed_precision_share_the_declaration() -> None:
     with pytest.raises(InvalidInputError) as via_function:
         choose_mixed_precision(None, ["w8a8", "w4a8"], lambda m, n=None: 1.0, 0.01, phase2_search="random")  # type: ignore[arg-type]
     assert str(via_function.value) == str(err.value)
+
+
+def test_hand_checked_arguments_use_the_same_wording() -> None:
+    from aq_search.amp import set_mixed_precision
+    from aq_search.techniques._config import bad_argument
+
+    with pytest.raises(InvalidInputError) as err:
+        set_mixed_precision(None, {})  # type: ignore[arg-type]
+    assert str(err.value) == "The 'sim' parameter of set_mixed_precision must be a QuantSim. Got None instead."
+    assert str(bad_argument("n", "f", "an int", [1, 2])) == "The 'n' parameter of f must be an int. Got [1, 2] instead."
+    assert str(bad_argument("n", "f", "an int", object())) == "The 'n' parameter of f must be an int. Got a object instead."

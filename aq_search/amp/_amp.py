@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._compat import UNSET, renamed_parameter
+from .._constraints import parameter_error
 from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputError
 from ..quantsim import QuantSim
 from ..quantsim._calibrate import calibration_runner
@@ -74,22 +75,20 @@ def apply_mixed_precision(
     callback = renamed_parameter(who, "forward_fn", "forward_pass_callback", forward_fn, forward_pass_callback)
     run_fn = None if callback is None else calibration_runner(callback, who=who)
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(f"The 'sim' parameter of {who} must be a QuantSim. Got a {type(sim).__name__} instead.")
+        raise parameter_error("sim", who, "a QuantSim", sim)
     if not isinstance(config, MixedPrecisionConfig):
-        raise InvalidInputError(
-            f"The 'config' parameter of {who} must be a MixedPrecisionConfig. Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", who, "a MixedPrecisionConfig", config)
     if not callable(eval_callback):
-        raise InvalidInputError(
-            f"The 'eval_callback' parameter of {who} must be a callable eval_callback(model, num_samples) -> float. "
-            f"Got a {type(eval_callback).__name__} instead."
-        )
+        raise parameter_error("eval_callback", who, "a callable eval_callback(model, num_samples) -> float", eval_callback)
     drop = _check_number(allowed_accuracy_drop, "allowed_accuracy_drop", who, minimum=0.0)
     fp32 = None if fp32_accuracy is None else _check_number(fp32_accuracy, "fp32_accuracy", who)
     if config.phase1_metric == "sqnr" and run_fn is None:
-        raise InvalidInputError(
-            f"The 'forward_pass_callback' parameter of {who} must be a callable forward_pass_callback(model) running "
-            "calibration batches when phase1_metric='sqnr' (the SQNR is measured on its outputs). Got None instead."
+        raise parameter_error(
+            "forward_pass_callback",
+            who,
+            "a callable forward_pass_callback(model) running calibration batches when phase1_metric='sqnr' "
+            "(the SQNR is measured on its outputs)",
+            None,
         )
     probe = _OutputProbe(sim, run_fn) if run_fn is not None and config.phase1_metric == "sqnr" else None
     if not _has_encodings(sim):
@@ -329,9 +328,7 @@ def choose_mixed_precision(
 def _check_against_config(config: object, parsed: Sequence[Candidate], settings: Mapping[str, Any]) -> None:
     who = "choose_mixed_precision"
     if not isinstance(config, MixedPrecisionConfig):
-        raise InvalidInputError(
-            f"The 'config' parameter of {who} must be a MixedPrecisionConfig or None. Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", who, "a MixedPrecisionConfig or None", config)
     if tuple(c.name for c in parsed) != config.candidates:
         raise InvalidInputError(
             f"The 'candidates' parameter of {who} must match config.candidates {list(config.candidates)} when a config is "
@@ -356,14 +353,9 @@ def set_mixed_precision(sim: QuantSim, config: Mapping[str, CandidateLike]) -> N
         InvalidInputError: an unknown layer, a malformed candidate, or one group given two candidates.
     """
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(
-            f"The 'sim' parameter of set_mixed_precision must be a QuantSim. Got a {type(sim).__name__} instead."
-        )
+        raise parameter_error("sim", "set_mixed_precision", "a QuantSim", sim)
     if not isinstance(config, Mapping):
-        raise InvalidInputError(
-            "The 'config' parameter of set_mixed_precision must be a mapping {layer name: candidate}. "
-            f"Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", "set_mixed_precision", "a mapping {layer name: candidate}", config)
     groups = find_quantizer_groups(sim)
     known = {layer for g in groups for layer in g.layers}
     unknown = [name for name in config if name not in known]

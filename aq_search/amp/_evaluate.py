@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .._errors import CalibrationError, EvalCallbackError, InvalidInputError
+from .._constraints import parameter_error
+from .._errors import CalibrationError, EvalCallbackError
 from .._numerics import signal_and_noise
 from ..quantsim import QuantSim
 from ._candidates import Candidate
@@ -120,7 +121,7 @@ def _check_number(value: object, name: str, who: str, *, minimum: float | None =
         ok = float(value) >= minimum  # type: ignore[arg-type]
     if not ok:
         must = "a finite number" + (f" >= {minimum}" if minimum is not None else "")
-        raise InvalidInputError(f"The '{name}' parameter of {who} must be {must}. Got {value!r} instead.")
+        raise parameter_error(name, who, must, value)
     return float(value)  # type: ignore[arg-type]
 
 

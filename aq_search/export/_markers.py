@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from .._constraints import parameter_error
 from .._data import as_model_args
 from .._errors import EncodingsNotComputedError, InvalidInputError
 from ..quantsim import FakeQuantizer, QuantSim
@@ -75,7 +76,7 @@ class _MarkerModule(nn.Module):
 
 def _check_sim(sim: object, who: str) -> QuantSim:
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(f"The 'sim' parameter of {who} must be an aq_search.QuantSim. Got {type(sim).__name__} instead.")
+        raise parameter_error("sim", who, "an aq_search.QuantSim", sim)
     return sim
 
 
@@ -107,10 +108,7 @@ def _choose_opset(sim: QuantSim, opset: int | None) -> int:
     if opset is None:
         return INT16_OPSET if wide else DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise InvalidInputError(
-            f"The 'opset' parameter of export_onnx must be an int >= {MIN_OPSET} (per-channel DequantizeLinear) or None. "
-            f"Got {opset!r} instead."
-        )
+        raise parameter_error("opset", "export_onnx", f"an int >= {MIN_OPSET} (per-channel DequantizeLinear) or None", opset)
     if wide and opset < INT16_OPSET:
         raise InvalidInputError(
             f"quantizer(s) {wide[:5]} have more than 8 bits, which ONNX stores as int16/uint16; QuantizeLinear/"

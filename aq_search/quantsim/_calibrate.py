@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._constraints import parameter_error
 from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
 from .._device import check_same_device
-from .._errors import CalibrationError, InvalidInputError
+from .._errors import CalibrationError
 
 __all__ = ["calibration_runner"]
 
@@ -52,8 +53,6 @@ def calibration_runner(
                 raise CalibrationError("the calibration batches yielded nothing." + exhausted_iterator_hint(batches))
 
     else:
-        raise InvalidInputError(
-            f"The '{param}' parameter of {who} must be a callable {param}(model) that runs calibration batches "
-            f"through the model (or a re-iterable of batches). Got a {type(callback).__name__} instead."
-        )
+        must = f"a callable {param}(model) that runs calibration batches through the model (or a re-iterable of batches)"
+        raise parameter_error(param, who, must, callback)
     return run

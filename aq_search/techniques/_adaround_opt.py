@@ -67,7 +67,7 @@ class AdaRoundParams(TechniqueConfig):
         "num_batches": [Interval(int, 1, None)],
         "num_iterations": [Interval(int, 1, None)],
         "reg_param": [Interval(float, 0.0, None, "neither")],
-        "beta_range": [Pair(Interval(float, 0.0, None, "neither"), "descending", "(20, 2)")],
+        "beta_range": [Pair(Interval(float, 0.0, None, "neither"), "descending", "(20, 2)", "positive numbers")],
         "warm_start": [Interval(float, 0.0, 1.0, "left")],
         "use_quantized_inputs": [Boolean()],
         "learning_rate": [Interval(float, 0.0, 1.0, "right")],

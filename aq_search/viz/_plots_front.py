@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from .._constraints import parameter_error
 from .._errors import InvalidInputError
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
@@ -220,7 +221,7 @@ def plot_amp_sensitivity(
     """
     _check_backend(backend, "plot_amp_sensitivity")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InvalidInputError(f"The 'top' parameter of plot_amp_sensitivity must be a positive int. Got {top!r} instead.")
+        raise parameter_error("top", "plot_amp_sensitivity", "a positive int", top)
     summary, prefix = _amp(amp)
     entries = sorted(summary.sensitivity, key=lambda e: -e.sensitivity)[:top]
     chosen = [summary.group_config.get(e.group) == e.candidate for e in entries]
