@@ -19,7 +19,18 @@ from typing import Any
 
 from ._errors import InvalidInputError
 
-__all__ = ["Boolean", "Constraint", "Interval", "NoneValue", "Options", "check_parameter", "validate_params"]
+__all__ = [
+    "Boolean",
+    "Constraint",
+    "Interval",
+    "NoneValue",
+    "Options",
+    "Pair",
+    "check_parameter",
+    "parameter_error",
+    "check_raw_values",
+    "validate_params",
+]
 
 
 class Constraint:
@@ -113,8 +124,45 @@ class NoneValue(Constraint):
         return "None"
 
 
+@dataclass(frozen=True)
+class Pair(Constraint):
+    """``(start, end)``: two values each satisfying ``item`` (a list is accepted, stored as a tuple).
+
+    ``order`` is ``"descending"`` (start >= end), ``"ascending"`` (start <= end) or ``None``;
+    ``items`` names the values in the message (default: ``item``'s own wording); ``example`` is
+    shown in the message.
+    """
+
+    item: Constraint
+    order: str | None = None
+    example: str = ""
+    items: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, (tuple, list)) or len(value) != 2 or not all(self.item.accepts(v) for v in value):
+            return False
+        start, end = value
+        if self.order == "descending":
+            return bool(start >= end)
+        return self.order is None or bool(start <= end)
+
+    def convert(self, value: Any) -> Any:
+        return tuple(self.item.convert(v) for v in value)
+
+    def __str__(self) -> str:
+        what = f"of {self.items}" if self.items else f"each {self.item}"
+        order = {"descending": " with start >= end", "ascending": " with start <= end"}.get(self.order or "", "")
+        example = f", such as {self.example}" if self.example else ""
+        return f"a pair (start, end) {what}{order}{example}"
+
+
 def _shown(value: Any) -> str:
-    return repr(value) if isinstance(value, (int, float, str, bool, type(None))) else f"a {type(value).__name__}"
+    primitive = (int, float, str, bool, type(None))
+    if isinstance(value, primitive):
+        return repr(value)
+    if isinstance(value, (tuple, list)) and len(value) <= 8 and all(isinstance(v, primitive) for v in value):
+        return repr(value)
+    return f"a {type(value).__name__}"
 
 
 def check_parameter(name: str, owner: str, value: Any, constraints: Sequence[Constraint]) -> Any:
@@ -126,8 +174,19 @@ def check_parameter(name: str, owner: str, value: Any, constraints: Sequence[Con
     for c in constraints:
         if c.accepts(value):
             return c.convert(value)
-    must = " or ".join(str(c) for c in constraints)
-    raise InvalidInputError(f"The '{name}' parameter of {owner} must be {must}. Got {_shown(value)} instead.")
+    raise parameter_error(name, owner, " or ".join(str(c) for c in constraints), value)
+
+
+def parameter_error(name: str, owner: str, must: str, value: Any) -> InvalidInputError:
+    """The one wording of a bad argument: "The '<name>' parameter of <owner> must be <must>. Got <value> instead."
+
+    Args:
+        name: the parameter.
+        owner: the function or class it belongs to.
+        must: completes "must be ..." (e.g. ``"a QuantSim"``, ``"an int >= 1"``).
+        value: what was passed; shown as its repr when short and primitive, else as its type.
+    """
+    return InvalidInputError(f"The '{name}' parameter of {owner} must be {must}. Got {_shown(value)} instead.")
 
 
 def validate_params(obj: Any, constraints: Mapping[str, Sequence[Constraint]] | None = None) -> None:
@@ -138,3 +197,32 @@ def validate_params(obj: Any, constraints: Mapping[str, Sequence[Constraint]] | 
         value = check_parameter(name, owner, getattr(obj, name), allowed)
         if value is not getattr(obj, name):
             object.__setattr__(obj, name, value)
+
+
+def check_raw_values(owner: type, raw: Mapping[str, Any], report: Any) -> None:
+    """Check the values of a YAML section against ``owner``'s declared constraints, in ``owner``'s words.
+
+    A value may be a scalar, a list of choices, or a range mapping (``low`` / ``high``); each one is
+    checked. Names ``owner`` does not declare are left to the caller.
+
+    Args:
+        owner: a class with ``_parameter_constraints`` (a technique config).
+        raw: the section's ``{name: value}``.
+        report: ``report(name, message) -> Exception`` wraps a failure (e.g. naming the file and key).
+    """
+    declared: Mapping[str, Sequence[Constraint]] = owner._parameter_constraints  # type: ignore[attr-defined]
+    for name, value in raw.items():
+        allowed = declared.get(name)
+        if allowed is None:
+            continue
+        if isinstance(value, Mapping):
+            values = [value[k] for k in ("low", "high") if k in value]
+        elif isinstance(value, list) and not any(isinstance(c, Pair) for c in allowed):
+            values = list(value)
+        else:
+            values = [value]
+        for v in values:
+            try:
+                check_parameter(name, owner.__name__, v, allowed)
+            except InvalidInputError as err:
+                raise report(name, str(err)) from None

@@ -71,7 +71,8 @@ def check_batch_fits(model: nn.Module, batch: Any) -> None:
     raise InvalidInputError(
         f"a calibration batch is a {type(batch).__name__} of {len(batch)} items ({kinds}), fed as model(*batch), but the "
         f"model takes {limit} positional input(s). If the batches are (inputs, labels), pass "
-        "forward_fn=lambda model, batch: model(batch[0]) (AutoQuant(..., forward_fn=...), or compute_encodings(forward_fn)), "
+        "forward_fn=lambda model, batch: model(batch[0]) to AutoQuant or the techniques (to compute_encodings, a "
+        "forward_pass_callback that runs model(x) for each batch), "
         "or give unlabeled batches, e.g. [x for x, _ in loader]."
     )
 

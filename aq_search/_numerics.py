@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from torch import Tensor
 
-__all__ = ["channel_shape", "pareto_front", "signal_and_noise", "sqnr_db"]
+__all__ = ["channel_shape", "pareto_front", "per_channel", "signal_and_noise", "sqnr_db"]
 
 T = TypeVar("T")
 
@@ -30,6 +30,19 @@ def channel_shape(ndim: int, axis: int | None) -> list[int]:
     if axis is not None:
         shape[axis] = -1
     return shape
+
+
+def per_channel(t: Tensor, ndim: int, axis: int | None) -> Tensor:
+    """A scale or zero point (one value, or one per channel along ``axis``) shaped to broadcast against an ``ndim`` tensor.
+
+    Example:
+        >>> import torch
+        >>> per_channel(torch.ones(3), 4, 0).shape, per_channel(torch.ones(1), 2, 1).shape
+        (torch.Size([3, 1, 1, 1]), torch.Size([]))
+    """
+    if axis is None or t.numel() == 1:
+        return t.reshape(())
+    return t.reshape(channel_shape(ndim, axis))
 
 
 def signal_and_noise(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> tuple[float, float]:

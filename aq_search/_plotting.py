@@ -10,9 +10,9 @@ import functools
 import io
 from typing import Any
 
-from ._errors import InvalidInputError
+from ._constraints import parameter_error
 
-__all__ = ["BACKENDS", "check_backend", "figure_png", "matplotlib_figure", "plotly_go"]
+__all__ = ["BACKENDS", "add_scatter", "check_backend", "figure_png", "matplotlib_figure", "plotly_go"]
 
 #: The plot backends: ``"matplotlib"`` returns a ``matplotlib.figure.Figure``, ``"plotly"`` a ``plotly.graph_objects.Figure``.
 BACKENDS = ("matplotlib", "plotly")
@@ -21,7 +21,7 @@ BACKENDS = ("matplotlib", "plotly")
 def check_backend(backend: str, who: str) -> None:
     """Raise :class:`~aq_search.InvalidInputError` unless ``backend`` is one of :data:`BACKENDS`."""
     if backend not in BACKENDS:
-        raise InvalidInputError(f"The 'backend' parameter of {who} must be one of {list(BACKENDS)}. Got {backend!r} instead.")
+        raise parameter_error("backend", who, f"one of {list(BACKENDS)}", backend)
 
 
 @functools.cache
@@ -48,6 +48,11 @@ def matplotlib_figure(figsize: tuple[float, float]) -> Any:
     except ImportError as err:
         raise ImportError("Plotting with backend='matplotlib' needs matplotlib: pip install 'aq-search[dashboard]'.") from err
     return cls(figsize=figsize, layout="constrained")
+
+
+def add_scatter(fig: Any, x: Any, y: Any, name: str, *, mode: str = "markers", **style: Any) -> None:
+    """Add one plotly scatter trace (``text``, ``marker``, ``line`` ... go in ``style``) to ``fig``."""
+    fig.add_trace(plotly_go().Scatter(x=list(x), y=list(y), mode=mode, name=name, **style))
 
 
 def plotly_go() -> Any:

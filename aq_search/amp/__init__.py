@@ -18,6 +18,7 @@ from ._plot import plot_pareto
 from ._types import (
     PHASE1_METRICS,
     PHASE2_SEARCHES,
+    AmpOutcome,
     EvalCallback,
     MixedPrecisionConfig,
     MixedPrecisionResult,
@@ -29,6 +30,7 @@ __all__ = [
     "COST_METRICS",
     "PHASE1_METRICS",
     "PHASE2_SEARCHES",
+    "AmpOutcome",
     "Candidate",
     "CandidateLike",
     "CostTable",

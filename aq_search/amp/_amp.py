@@ -27,11 +27,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._compat import UNSET, renamed_parameter
+from .._constraints import parameter_error
 from .._errors import AQSearchError, EncodingsNotComputedError, InvalidInputError
 from ..quantsim import QuantSim
+from ..quantsim._calibrate import calibration_runner
 from ._candidates import Candidate, CandidateLike, parse_candidate, parse_candidates
 from ._cost import CostTable
-from ._evaluate import _as_forward, _check_number, _describe, _Evaluator, _has_encodings, _OutputProbe
+from ._evaluate import _check_number, _describe, _Evaluator, _has_encodings, _OutputProbe
 from ._groups import find_quantizer_groups, format_groups, ungrouped_activation_quantizers
 from ._limits import budget_limit, first_within, input_assignment, kept_input
 from ._search import _pareto, _Search
@@ -49,11 +52,12 @@ def apply_mixed_precision(
     *,
     eval_callback: EvalCallback,
     allowed_accuracy_drop: float,
-    forward_fn: Any = None,
+    forward_pass_callback: Any = None,
     fp32_accuracy: float | None = None,
     progress: bool = True,
     budget: tuple[CandidateLike, float] | None = None,
     input_accuracy: float | None = None,
+    forward_fn: Any = UNSET,
 ) -> MixedPrecisionResult:
     """Choose a candidate per quantizer group (see :func:`choose_mixed_precision`) and apply it to ``sim``.
 
@@ -65,34 +69,36 @@ def apply_mixed_precision(
         input_accuracy: the input sim's score at phase-2 fidelity, if known. When given, AMP never
             returns a config scoring below it: the input is restored instead (its AdaRound rounding
             included), and the result says so.
+        forward_fn: deprecated name of ``forward_pass_callback`` (warns; will be removed).
     """
     who = "apply_mixed_precision"
+    callback = renamed_parameter(who, "forward_fn", "forward_pass_callback", forward_fn, forward_pass_callback)
+    run_fn = None if callback is None else calibration_runner(callback, who=who)
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(f"The 'sim' parameter of {who} must be a QuantSim. Got a {type(sim).__name__} instead.")
+        raise parameter_error("sim", who, "a QuantSim", sim)
     if not isinstance(config, MixedPrecisionConfig):
-        raise InvalidInputError(
-            f"The 'config' parameter of {who} must be a MixedPrecisionConfig. Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", who, "a MixedPrecisionConfig", config)
     if not callable(eval_callback):
-        raise InvalidInputError(
-            f"The 'eval_callback' parameter of {who} must be a callable eval_callback(model, num_samples) -> float. "
-            f"Got a {type(eval_callback).__name__} instead."
-        )
+        raise parameter_error("eval_callback", who, "a callable eval_callback(model, num_samples) -> float", eval_callback)
     drop = _check_number(allowed_accuracy_drop, "allowed_accuracy_drop", who, minimum=0.0)
     fp32 = None if fp32_accuracy is None else _check_number(fp32_accuracy, "fp32_accuracy", who)
-    if config.phase1_metric == "sqnr" and forward_fn is None:
-        raise InvalidInputError(
-            f"The 'forward_fn' parameter of {who} must be a callable forward_fn(model) running calibration batches when "
-            "phase1_metric='sqnr' (the SQNR is measured on its outputs). Got None instead."
+    if config.phase1_metric == "sqnr" and run_fn is None:
+        raise parameter_error(
+            "forward_pass_callback",
+            who,
+            "a callable forward_pass_callback(model) running calibration batches when phase1_metric='sqnr' "
+            "(the SQNR is measured on its outputs)",
+            None,
         )
-    probe = _OutputProbe(sim, forward_fn) if config.phase1_metric == "sqnr" else None
+    probe = _OutputProbe(sim, run_fn) if run_fn is not None and config.phase1_metric == "sqnr" else None
     if not _has_encodings(sim):
-        if forward_fn is None:
+        if run_fn is None:
             raise EncodingsNotComputedError(
-                "Mixed precision needs a calibrated sim: call sim.compute_encodings(forward_fn) first, or pass forward_fn=."
+                "Mixed precision needs a calibrated sim: call sim.compute_encodings(calibration_batches) first, "
+                "or pass forward_pass_callback=."
             )
-        logger.info("AMP: the sim has no encodings; calibrating it with forward_fn")
-        sim.compute_encodings(_as_forward(forward_fn))
+        logger.info("AMP: the sim has no encodings; calibrating it with forward_pass_callback")
+        sim.compute_encodings(run_fn)
     candidates = config.parsed_candidates
     groups = find_quantizer_groups(sim)
     if not groups:
@@ -238,7 +244,7 @@ def choose_mixed_precision(
     eval_callback: EvalCallback,
     allowed_accuracy_drop: float,
     *,
-    forward_fn: Any = None,
+    forward_pass_callback: Any = None,
     num_samples_for_phase_1: int | None = 128,
     num_samples_for_phase_2: int | None = None,
     cost: str = "bops",
@@ -248,11 +254,12 @@ def choose_mixed_precision(
     refine_evals: int = 0,
     progress: bool = True,
     config: MixedPrecisionConfig | None = None,
+    forward_fn: Any = UNSET,
 ) -> MixedPrecisionResult:
     """Choose a bit-width candidate per quantizer group: the cheapest config found that meets the target.
 
     The target is ``fp32_accuracy - allowed_accuracy_drop``. The sim must be calibrated (or
-    ``forward_fn`` given, to calibrate it); the chosen config is applied to it. If something
+    ``forward_pass_callback`` given, to calibrate it); the chosen config is applied to it. If something
     fails (the eval callback raises ...), the sim is put back as it was.
 
     Args:
@@ -263,8 +270,9 @@ def choose_mixed_precision(
             baseline is each group's highest-cost candidate.
         eval_callback: ``eval_callback(model, num_samples) -> float``, higher is better.
         allowed_accuracy_drop: in the eval callback's units.
-        forward_fn: ``forward_fn(model)`` running calibration batches (or a list of batches): calibrates
-            an uncalibrated sim, and is the data of ``phase1_metric="sqnr"``.
+        forward_pass_callback: ``forward_pass_callback(model)`` running calibration batches (or a
+            list of batches): calibrates an uncalibrated sim, and is the data of ``phase1_metric="sqnr"``
+            (AIMET's name; ``forward_fn`` means ``forward_fn(model, batch)`` elsewhere).
         num_samples_for_phase_1 / num_samples_for_phase_2: ``num_samples`` passed to the callback.
         cost: ``"bops"`` (bit operations) or ``"size"`` (bits of weights).
         fp32_accuracy: the FP32 score; when ``None`` the sim is evaluated with every quantizer off.
@@ -276,6 +284,7 @@ def choose_mixed_precision(
         config: a :class:`MixedPrecisionConfig` holding the algorithm settings instead of the keywords
             above (``candidates`` must then list the same candidates; a keyword set to something
             other than its default and the config's value is an error).
+        forward_fn: deprecated name of ``forward_pass_callback`` (warns; will be removed).
 
     Returns:
         A :class:`MixedPrecisionResult`. When the target cannot be met even at the highest
@@ -290,6 +299,9 @@ def choose_mixed_precision(
         >>> result.config, result.relative_bops, result.target_met  # doctest: +SKIP
     """
     parsed = parse_candidates(candidates, who="choose_mixed_precision")
+    forward_pass_callback = renamed_parameter(
+        "choose_mixed_precision", "forward_fn", "forward_pass_callback", forward_fn, forward_pass_callback
+    )
     settings: dict[str, Any] = {
         "num_samples_for_phase_1": num_samples_for_phase_1,
         "num_samples_for_phase_2": num_samples_for_phase_2,
@@ -307,7 +319,7 @@ def choose_mixed_precision(
         config,
         eval_callback=eval_callback,
         allowed_accuracy_drop=allowed_accuracy_drop,
-        forward_fn=forward_fn,
+        forward_pass_callback=forward_pass_callback,
         fp32_accuracy=fp32_accuracy,
         progress=progress,
     )
@@ -316,9 +328,7 @@ def choose_mixed_precision(
 def _check_against_config(config: object, parsed: Sequence[Candidate], settings: Mapping[str, Any]) -> None:
     who = "choose_mixed_precision"
     if not isinstance(config, MixedPrecisionConfig):
-        raise InvalidInputError(
-            f"The 'config' parameter of {who} must be a MixedPrecisionConfig or None. Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", who, "a MixedPrecisionConfig or None", config)
     if tuple(c.name for c in parsed) != config.candidates:
         raise InvalidInputError(
             f"The 'candidates' parameter of {who} must match config.candidates {list(config.candidates)} when a config is "
@@ -343,14 +353,9 @@ def set_mixed_precision(sim: QuantSim, config: Mapping[str, CandidateLike]) -> N
         InvalidInputError: an unknown layer, a malformed candidate, or one group given two candidates.
     """
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(
-            f"The 'sim' parameter of set_mixed_precision must be a QuantSim. Got a {type(sim).__name__} instead."
-        )
+        raise parameter_error("sim", "set_mixed_precision", "a QuantSim", sim)
     if not isinstance(config, Mapping):
-        raise InvalidInputError(
-            "The 'config' parameter of set_mixed_precision must be a mapping {layer name: candidate}. "
-            f"Got a {type(config).__name__} instead."
-        )
+        raise parameter_error("config", "set_mixed_precision", "a mapping {layer name: candidate}", config)
     groups = find_quantizer_groups(sim)
     known = {layer for g in groups for layer in g.layers}
     unknown = [name for name in config if name not in known]

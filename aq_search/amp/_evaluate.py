@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from .._data import feed_batch
-from .._errors import CalibrationError, EvalCallbackError, InvalidInputError
+from .._constraints import parameter_error
+from .._errors import CalibrationError, EvalCallbackError
 from .._numerics import signal_and_noise
 from ..quantsim import QuantSim
 from ._candidates import Candidate
@@ -66,34 +66,12 @@ def _score(value: object, name: str, phase: str) -> float:
     )
 
 
-def _as_forward(forward_fn: Any) -> Callable[[nn.Module], None]:
-    if callable(forward_fn):
-        fn = forward_fn
-
-        def run(model: nn.Module) -> None:
-            fn(model)
-
-        return run
-    if isinstance(forward_fn, Iterable) and not isinstance(forward_fn, (str, bytes, Tensor)):
-        batches = forward_fn
-
-        def run_batches(model: nn.Module) -> None:
-            for batch in batches:
-                feed_batch(model, batch)
-
-        return run_batches
-    raise InvalidInputError(
-        "The 'forward_fn' parameter of choose_mixed_precision must be a callable forward_fn(model) that runs "
-        f"calibration batches through the model, or a re-iterable of batches. Got a {type(forward_fn).__name__} instead."
-    )
-
-
 class _OutputProbe:
-    """Runs ``forward_fn`` and collects the model's float outputs (for the SQNR metric)."""
+    """Runs the calibration data (``run_fn(model)``) and collects the model's float outputs (for the SQNR metric)."""
 
-    def __init__(self, sim: QuantSim, forward_fn: Any) -> None:
+    def __init__(self, sim: QuantSim, run_fn: Callable[[nn.Module], None]) -> None:
         self.sim = sim
-        self.run_fn = _as_forward(forward_fn)
+        self.run_fn = run_fn
 
     def __call__(self, phase: str) -> list[Tensor]:
         outputs: list[Tensor] = []
@@ -111,13 +89,13 @@ class _OutputProbe:
             with torch.no_grad():
                 self.run_fn(model)
         except Exception as err:
-            raise CalibrationError(f"forward_fn raised {type(err).__name__}: {err} during {phase}.") from err
+            raise CalibrationError(f"forward_pass_callback raised {type(err).__name__}: {err} during {phase}.") from err
         finally:
             handle.remove()
             model.train(training)
         if not outputs:
             raise CalibrationError(
-                f"forward_fn ran no batch through the model during {phase}: it must call the model it is given, "
+                f"forward_pass_callback ran no batch through the model during {phase}: it must call the model it is given, "
                 "e.g. `lambda model: [model(x) for x in calibration_batches]`."
             )
         return outputs
@@ -126,7 +104,7 @@ class _OutputProbe:
 def _noise_ratio(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> float:
     if len(reference) != len(outputs):
         raise CalibrationError(
-            "forward_fn ran a different number of batches from one call to the next; it must be deterministic."
+            "forward_pass_callback ran a different number of batches from one call to the next; it must be deterministic."
         )
     signal, noise = signal_and_noise(reference, outputs)
     return noise / signal if signal > 0 else (0.0 if noise == 0 else math.inf)
@@ -143,7 +121,7 @@ def _check_number(value: object, name: str, who: str, *, minimum: float | None =
         ok = float(value) >= minimum  # type: ignore[arg-type]
     if not ok:
         must = "a finite number" + (f" >= {minimum}" if minimum is not None else "")
-        raise InvalidInputError(f"The '{name}' parameter of {who} must be {must}. Got {value!r} instead.")
+        raise parameter_error(name, who, must, value)
     return float(value)  # type: ignore[arg-type]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .._plotting import check_backend, matplotlib_figure, plotly_go
+from .._plotting import add_scatter, check_backend, matplotlib_figure, plotly_go
 
 if TYPE_CHECKING:
     from ._types import MixedPrecisionResult
@@ -69,24 +69,21 @@ def _plotly(result: MixedPrecisionResult, path: str | None, title: str) -> Any:
         return [p.lowered[-1] if p.lowered else "baseline" for p in points]
 
     fig = go.Figure()
-    fig.add_trace(
-        go.Scatter(
-            x=[p.relative_cost for p in result.evaluated],
-            y=[p.accuracy for p in result.evaluated],
-            mode="markers",
-            name="evaluated",
-            marker={"color": "gray"},
-            text=hover(result.evaluated),
-        )
+    add_scatter(
+        fig,
+        (p.relative_cost for p in result.evaluated),
+        (p.accuracy for p in result.evaluated),
+        "evaluated",
+        marker={"color": "gray"},
+        text=hover(result.evaluated),
     )
-    fig.add_trace(
-        go.Scatter(
-            x=[p.relative_cost for p in result.pareto],
-            y=[p.accuracy for p in result.pareto],
-            mode="lines+markers",
-            name="Pareto front",
-            text=hover(result.pareto),
-        )
+    add_scatter(
+        fig,
+        (p.relative_cost for p in result.pareto),
+        (p.accuracy for p in result.pareto),
+        "Pareto front",
+        mode="lines+markers",
+        text=hover(result.pareto),
     )
     fig.add_trace(
         go.Scatter(

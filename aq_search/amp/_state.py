@@ -81,7 +81,7 @@ class GroupPrecisions:
                     raise EncodingsNotComputedError(
                         f"Activation quantizer {name!r} (group {group!r}) has no calibration statistics, so its encoding "
                         f"cannot be recomputed at {', '.join(f'int{b}' for b, _ in sorted(needs))}. Calibrate the sim "
-                        "with sim.compute_encodings(forward_fn) (with that quantizer in int format) before mixed precision."
+                        "with sim.compute_encodings(batches) (with that quantizer in int format) before mixed precision."
                     )
 
     def original_param_format(self, layer: str) -> tuple[int, str]:
@@ -112,7 +112,7 @@ class GroupPrecisions:
         elif not q.has_encoding:
             raise EncodingsNotComputedError(
                 f"An activation quantizer lost its encoding when set to int{fmt[0]}: it has no calibration statistics. "
-                "Calibrate the sim with sim.compute_encodings(forward_fn) before mixed precision."
+                "Calibrate the sim with sim.compute_encodings(batches) before mixed precision."
             )
 
     def set_group(self, group: str, candidate: Candidate) -> None:

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from torch import nn
 
+from .._constraints import Constraint, Interval, NoneValue, Options
 from ..techniques._config import TechniqueConfig
 from ._candidates import Candidate, parse_candidate, parse_candidates
 from ._cost import COST_METRICS
@@ -34,7 +35,7 @@ class MixedPrecisionConfig(TechniqueConfig):
             and FP32 scores (``None``: all, the default).
         cost: what to minimize: ``"bops"`` (bit operations) or ``"size"`` (bits of weights).
         phase1_metric: ``"eval"`` (eval callback on phase-1 samples) or ``"sqnr"`` (SQNR of the
-            model outputs on ``forward_fn``'s data; no eval calls in phase 1).
+            model outputs on ``forward_pass_callback``'s data; no eval calls in phase 1).
         phase2_search: ``"binary"`` (about log2(moves) eval calls) or ``"linear"`` (every prefix:
             a complete front).
         refine_evals: eval calls allowed for the refinement after phase 2 (0: none, as AIMET).
@@ -54,15 +55,19 @@ class MixedPrecisionConfig(TechniqueConfig):
     phase2_search: str = "binary"
     refine_evals: int = 0
 
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "num_samples_for_phase_1": [Interval(int, 1, None), NoneValue()],
+        "num_samples_for_phase_2": [Interval(int, 1, None), NoneValue()],
+        "cost": [Options(*COST_METRICS)],
+        "phase1_metric": [Options(*PHASE1_METRICS)],
+        "phase2_search": [Options(*PHASE2_SEARCHES)],
+        "refine_evals": [Interval(int, 0, None)],
+    }
+
     def __post_init__(self) -> None:
         parsed = parse_candidates(self.candidates, who=type(self).__name__)
         object.__setattr__(self, "candidates", tuple(c.name for c in parsed))
-        self._check_int("num_samples_for_phase_1", 1, optional=True)
-        self._check_int("num_samples_for_phase_2", 1, optional=True)
-        self._check_int("refine_evals", 0)
-        for name, allowed in (("cost", COST_METRICS), ("phase1_metric", PHASE1_METRICS), ("phase2_search", PHASE2_SEARCHES)):
-            if getattr(self, name) not in allowed:
-                raise self._fail(name, f"one of {list(allowed)}", getattr(self, name))
+        super().__post_init__()
 
     @property
     def parsed_candidates(self) -> tuple[Candidate, ...]:
@@ -94,7 +99,44 @@ class SensitivityEntry(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class MixedPrecisionResult:
+class AmpOutcome:
+    """The figures of an AMP run, shared by :class:`MixedPrecisionResult` and its JSON-able summary.
+
+    Attributes:
+        accuracy: the eval score of the chosen config (phase-2 samples).
+        fp32_accuracy / target_accuracy / baseline_accuracy: the FP32 score, the target, and the
+            score with every group at its highest-cost candidate.
+        relative_bops / relative_size: cost of the chosen config relative to every group at its
+            highest-cost candidate.
+        cost: the metric minimized, ``"bops"`` or ``"size"``.
+        n_eval_calls: calls of the eval callback (FP32 and baseline included).
+        group_config: ``{group name: candidate}``.
+        sensitivity: the phase-1 table.
+        pareto: the Pareto front of the evaluated configs, highest cost first.
+        evaluated: every config evaluated in phase 2 (baseline first).
+    """
+
+    accuracy: float
+    fp32_accuracy: float
+    target_accuracy: float
+    baseline_accuracy: float
+    relative_bops: float
+    relative_size: float
+    cost: str
+    n_eval_calls: int
+    group_config: Mapping[str, str]
+    sensitivity: tuple[SensitivityEntry, ...]
+    pareto: tuple[ParetoPoint, ...]
+    evaluated: tuple[ParetoPoint, ...]
+
+    @property
+    def relative_cost(self) -> float:
+        """The chosen config's cost in the metric that was minimized."""
+        return self.relative_bops if self.cost == "bops" else self.relative_size
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionResult(AmpOutcome):
     """What :func:`choose_mixed_precision` found; the config is applied to the sim.
 
     Attributes:
@@ -114,27 +156,10 @@ class MixedPrecisionResult:
     """
 
     config: Mapping[str, str]
-    pareto: tuple[ParetoPoint, ...]
-    accuracy: float
-    relative_bops: float
-    relative_size: float
     target_met: bool
     message: str
-    sensitivity: tuple[SensitivityEntry, ...]
     groups: tuple[QuantizerGroup, ...]
-    n_eval_calls: int
-    fp32_accuracy: float
-    target_accuracy: float
-    baseline_accuracy: float
-    cost: str
-    group_config: Mapping[str, str]
-    evaluated: tuple[ParetoPoint, ...]
     phase1_metric: str = "eval"
-
-    @property
-    def relative_cost(self) -> float:
-        """The chosen config's cost in the metric that was minimized."""
-        return self.relative_bops if self.cost == "bops" else self.relative_size
 
     def sensitivity_table(self) -> str:
         """Phase 1 as a text table, least sensitive per cost saved first."""

@@ -28,6 +28,7 @@ import torch.fx as fx
 import yaml
 from torch import nn
 
+from .._constraints import parameter_error
 from .._data import move_to
 from .._device import model_device
 from .._errors import InvalidInputError, ResultLoadError
@@ -87,9 +88,7 @@ class LoadedResult:
 
 def _folder(results_dir: str | os.PathLike[str]) -> Path:
     if not isinstance(results_dir, (str, os.PathLike)):
-        raise InvalidInputError(
-            f"The 'results_dir' parameter of load_result must be a folder path. Got {type(results_dir).__name__} instead."
-        )
+        raise parameter_error("results_dir", "load_result", "a folder path", results_dir)
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultLoadError(
@@ -242,10 +241,7 @@ def load_result(
     summary = _read_json(folder / "summary.json")
     _check_version(summary, folder / "summary.json")
     if not isinstance(model, nn.Module):
-        raise InvalidInputError(
-            "The 'model' parameter of load_result must be the FP32 torch.nn.Module the search ran on. "
-            f"Got {type(model).__name__} instead."
-        )
+        raise parameter_error("model", "load_result", "the FP32 torch.nn.Module the search ran on", model)
     device = torch.device(map_location) if map_location is not None else (model_device(model) or torch.device("cpu"))
     if model_device(model) not in (None, device):
         model = copy.deepcopy(model).to(device)

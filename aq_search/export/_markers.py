@@ -17,10 +17,12 @@ import torch.fx as fx
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from .._constraints import parameter_error
 from .._data import as_model_args
 from .._errors import EncodingsNotComputedError, InvalidInputError
 from ..quantsim import FakeQuantizer, QuantSim
-from ..quantsim._prepare import _KNOWN_LEAVES, PASSTHROUGH_LAYERS, _scope
+from ..quantsim._functional import node_scope
+from ..quantsim._layers import KNOWN_LEAVES, PASSTHROUGH_LAYERS
 from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available, dynamo_export
 from ._dynamo import marker as dynamo_marker
 from ._onnx_types import (
@@ -74,7 +76,7 @@ class _MarkerModule(nn.Module):
 
 def _check_sim(sim: object, who: str) -> QuantSim:
     if not isinstance(sim, QuantSim):
-        raise InvalidInputError(f"The 'sim' parameter of {who} must be an aq_search.QuantSim. Got {type(sim).__name__} instead.")
+        raise parameter_error("sim", who, "an aq_search.QuantSim", sim)
     return sim
 
 
@@ -88,7 +90,7 @@ def _check_encodings(sim: QuantSim) -> None:
         shown = ", ".join(repr(n) for n in missing[:8]) + (" ..." if len(missing) > 8 else "")
         raise EncodingsNotComputedError(
             f"cannot export before the encodings exist: {len(missing)} enabled quantizer(s) have none ({shown}). "
-            "Fix: call sim.compute_encodings(forward_fn) or sim.load_encodings(path) first, or disable those "
+            "Fix: call sim.compute_encodings(batches) or sim.load_encodings(path) first, or disable those "
             "quantizers with sim.set_enabled(...)."
         )
 
@@ -106,10 +108,7 @@ def _choose_opset(sim: QuantSim, opset: int | None) -> int:
     if opset is None:
         return INT16_OPSET if wide else DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise InvalidInputError(
-            f"The 'opset' parameter of export_onnx must be an int >= {MIN_OPSET} (per-channel DequantizeLinear) or None. "
-            f"Got {opset!r} instead."
-        )
+        raise parameter_error("opset", "export_onnx", f"an int >= {MIN_OPSET} (per-channel DequantizeLinear) or None", opset)
     if wide and opset < INT16_OPSET:
         raise InvalidInputError(
             f"quantizer(s) {wide[:5]} have more than 8 bits, which ONNX stores as int16/uint16; QuantizeLinear/"
@@ -204,7 +203,7 @@ def _torch_export(
 
 
 _KNOWN_EXPORTABLE: tuple[type[nn.Module], ...] = (
-    tuple(t for t in _KNOWN_LEAVES if t.__module__.startswith("torch.nn")) + PASSTHROUGH_LAYERS
+    tuple(t for t in KNOWN_LEAVES if t.__module__.startswith("torch.nn")) + PASSTHROUGH_LAYERS
 )
 
 
@@ -252,7 +251,7 @@ def _probe_node(gm: fx.GraphModule, node: fx.Node, opset: int) -> str | None:
 
 
 def _called_in(node: fx.Node) -> str:
-    scope = _scope(node)
+    scope = node_scope(node)
     return f", called in module {scope!r}" if scope else ""
 
 

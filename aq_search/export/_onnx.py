@@ -39,8 +39,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._constraints import parameter_error
 from .._data import as_model_args, move_to
-from .._errors import InvalidInputError
 from ..quantsim import QuantSim
 from ._aimet import AIMET_LEGACY_VERSION, AIMET_V1_VERSION, to_aimet_v1
 from ._dynamo import DYNAMO_MIN_OPSET, dynamo_available
@@ -159,18 +159,18 @@ def export_onnx(
     sim = _check_sim(sim, "export_onnx")
     _require_onnx()
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidInputError(f"The 'path' parameter of export_onnx must be a file path. Got {type(path).__name__} instead.")
+        raise parameter_error("path", "export_onnx", "a file path", path)
     if not isinstance(dynamic_batch, bool):
-        raise InvalidInputError(f"The 'dynamic_batch' parameter of export_onnx must be a bool. Got {dynamic_batch!r} instead.")
+        raise parameter_error("dynamic_batch", "export_onnx", "a bool", dynamic_batch)
     _check_encodings(sim)
     if exporter not in ("auto", "dynamo", "torchscript"):
-        raise InvalidInputError(
-            f"The 'exporter' parameter of export_onnx must be 'auto', 'dynamo' or 'torchscript'. Got {exporter!r} instead."
-        )
+        raise parameter_error("exporter", "export_onnx", "'auto', 'dynamo' or 'torchscript'", exporter)
     if encodings_format not in (AIMET_LEGACY_VERSION, AIMET_V1_VERSION):
-        raise InvalidInputError(
-            f"The 'encodings_format' parameter of export_onnx must be {AIMET_LEGACY_VERSION!r} or {AIMET_V1_VERSION!r} "
-            f"(AIMET's encodings layouts). Got {encodings_format!r} instead."
+        raise parameter_error(
+            "encodings_format",
+            "export_onnx",
+            f"{AIMET_LEGACY_VERSION!r} or {AIMET_V1_VERSION!r} (AIMET's encodings layouts)",
+            encodings_format,
         )
     dummy = sim.dummy_input if dummy_input is None else dummy_input
     as_model_args(dummy)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._numerics import channel_shape
+from .._numerics import per_channel
 from ..quantsim import FakeQuantizer, QuantSim
 from ._int4 import int4_tensor, uses_int4
 from ._onnx_types import _MARKER_DOMAIN, _MARKER_PREFIX, OnnxExportError, _require_onnx
@@ -80,13 +80,8 @@ def _qparams(q: FakeQuantizer, np_type: type[np.generic]) -> tuple[np.ndarray, n
 def _weight_integers(name: str, q: FakeQuantizer, fq: Tensor) -> Tensor:
     """The integers behind the sim's fake-quantized weight ``fq``, checked to dequantize to it exactly."""
     assert q.scale is not None and q.zero_point is not None
-    shape = channel_shape(fq.dim(), q.axis)
-    if q.axis is not None:
-        s = q.scale.reshape(shape).to(torch.float32)
-        z = q.zero_point.reshape(shape).to(torch.float32)
-    else:
-        s = q.scale.reshape(()).to(torch.float32)
-        z = q.zero_point.reshape(()).to(torch.float32)
+    s = per_channel(q.scale, fq.dim(), q.axis).to(torch.float32)
+    z = per_channel(q.zero_point, fq.dim(), q.axis).to(torch.float32)
     ints = torch.round(fq / s) + z
     qmin, qmax = q.quant_range
     back = (ints - z) * s

@@ -12,6 +12,7 @@ import torch.fx as fx
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from .._constraints import parameter_error
 from .._data import as_model_args, move_to
 from .._errors import InvalidInputError
 from ..quantsim import QuantSim
@@ -94,13 +95,9 @@ def validate_onnx(
     sim = _check_sim(sim, "validate_onnx")
     ort = _require_ort()
     if optimization_level not in _LEVELS:
-        raise InvalidInputError(
-            f"The 'optimization_level' parameter of validate_onnx must be one of {_LEVELS}. Got {optimization_level!r} instead."
-        )
+        raise parameter_error("optimization_level", "validate_onnx", f"one of {_LEVELS}", optimization_level)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidInputError(
-            f"The 'batch_size' parameter of validate_onnx must be a positive int. Got {batch_size!r} instead."
-        )
+        raise parameter_error("batch_size", "validate_onnx", "a positive int", batch_size)
     level = {
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -112,9 +109,8 @@ def validate_onnx(
     options.intra_op_num_threads = max(1, torch.get_num_threads())
     options.log_severity_level = 3
     if isinstance(disabled_optimizers, str) or not all(isinstance(d, str) for d in disabled_optimizers):
-        raise InvalidInputError(
-            "The 'disabled_optimizers' parameter of validate_onnx must be a list of onnxruntime transformer names. "
-            f"Got {disabled_optimizers!r} instead."
+        raise parameter_error(
+            "disabled_optimizers", "validate_onnx", "a list of onnxruntime transformer names", disabled_optimizers
         )
     chosen = resolve_providers(providers, ort.get_available_providers())
     session = ort.InferenceSession(

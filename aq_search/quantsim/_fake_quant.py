@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._numerics import channel_shape
+from .._numerics import per_channel
 
 __all__ = [
     "MIN_SCALE",
@@ -61,12 +61,6 @@ def range_from_encoding(scale: Tensor, zero_point: Tensor, bitwidth: int, symmet
     return (qmin - zp) * scale, (qmax - zp) * scale
 
 
-def _broadcast(t: Tensor, x: Tensor, axis: int | None) -> Tensor:
-    if axis is None or t.numel() == 1:
-        return t.reshape(())
-    return t.reshape(channel_shape(x.dim(), axis))
-
-
 def quantize_dequantize(
     x: Tensor,
     scale: Tensor,
@@ -81,8 +75,8 @@ def quantize_dequantize(
     ``torch.fake_quantize_per_channel_affine`` bit for bit; it is differentiable with respect to
     ``x`` only through ``torch.round`` (zero gradient), so use it for reference, not for training.
     """
-    s = _broadcast(scale.to(torch.float32), x, axis)
-    zp = _broadcast(zero_point.to(torch.float32), x, axis)
+    s = per_channel(scale.to(torch.float32), x.dim(), axis)
+    zp = per_channel(zero_point.to(torch.float32), x.dim(), axis)
     inv = 1.0 / s
     q = torch.clamp(torch.round(x * inv) + zp, quant_min, quant_max)
     return (q - zp) * s

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import EncodingsNotComputedError, InvalidInputError
-from .._numerics import channel_shape
+from .._numerics import channel_shape, per_channel
 from ._fake_quant import encoding_from_range, int_range, range_from_encoding
 from ._range import RangeEstimator, RangeStats, make_range_estimator
 
@@ -231,7 +231,7 @@ class FakeQuantizer(nn.Module):
         scale, zp = self.scale, self.zero_point
         if scale is None or zp is None:
             raise EncodingsNotComputedError(
-                "The quantized model was run before its encodings exist: call sim.compute_encodings(forward_fn) "
+                "The quantized model was run before its encodings exist: call sim.compute_encodings(batches) "
                 "or sim.load_encodings(path) first."
             )
         qmin, qmax = self.quant_range
@@ -275,9 +275,7 @@ class FakeQuantizer(nn.Module):
 
     def _adarounded(self, x: Tensor, scale: Tensor, zp: Tensor, qmin: int, qmax: int) -> Tensor:
         assert self.rounding is not None
-        shape = channel_shape(x.dim(), self.axis)
-        s = scale.reshape(shape) if self.axis is not None else scale.reshape(())
-        z = zp.reshape(shape).float() if self.axis is not None else zp.reshape(()).float()
+        s, z = per_channel(scale, x.dim(), self.axis), per_channel(zp, x.dim(), self.axis).float()
         q = torch.clamp(torch.floor(x / s) + self.rounding.to(x.dtype) + z, qmin, qmax)
         return (q - z) * s
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -13,33 +12,25 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.utils.parametrize as parametrize
 from torch import nn
 
-from .._data import exhausted_iterator_hint, feed_batch, is_one_shot
-from .._device import check_same_device
+from .._compat import UNSET, renamed_parameter
 from .._errors import AQSearchError, CalibrationError, InvalidInputError
+from ._calibrate import calibration_runner
+from ._functional import is_data_movement
+from ._layers import PASSTHROUGH_LAYERS
 from ._placement import apply_static_placement, watch_masks
-from ._prepare import (
-    BATCHNORMS,
-    FUSABLE_ACTIVATIONS,
-    FUSABLE_PRODUCERS,
-    PASSTHROUGH_LAYERS,
-    WEIGHT_LAYERS,
-    PreparationReport,
-    _is_data_movement,
-    prepare_model,
-)
+from ._prepare import prepare_model
 from ._quantizer import FakeQuantizer, check_bitwidth
 from ._range import RangeEstimator, make_range_estimator
+from ._report import PreparationReport
+from ._sim_build import float_weight, insert_quantizers, unfuse_activations
+from ._sim_io import ENCODINGS_VERSION, encodings_dict, export_encodings, load_encodings
 
 __all__ = ["ENCODINGS_VERSION", "QuantSim", "QuantizerOverride"]
 
 logger = logging.getLogger(__name__)
 
-#: AIMET's encoding format version whose layout the encodings files follow (see ``aq_search/export/_aimet.py``).
-ENCODINGS_VERSION = "0.6.1"
-_QUANTIZER_ROOT = "activation_quantizers"
 
 
 @dataclass(frozen=True)
@@ -69,25 +60,6 @@ class QuantizerOverride:
                 f"{where}: unknown key(s) {sorted(unknown)}; valid keys are param_bw, output_bw, param_enabled, output_enabled."
             )
         return cls(**dict(data))
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z_]", "_", name)
-
-
-def _weight_axis(module: nn.Module) -> int | None:
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return 1
-    if isinstance(module, nn.Embedding):
-        return None
-    return 0
-
-
-def _float_weight(module: nn.Module) -> torch.Tensor:
-    """The module's float weight (under the parametrization when there is one)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations.weight.original  # type: ignore[union-attr,return-value]
-    return module.weight  # type: ignore[return-value]
 
 
 class QuantSim:
@@ -175,7 +147,7 @@ class QuantSim:
         self._input_names: list[str] = []
         #: Activation quantizers the transformer-aware placement left in float, with the reason.
         self.unquantized: dict[str, str] = {}
-        self._insert_quantizers()
+        insert_quantizers(self)
         apply_static_placement(self)
         if module_overrides:
             self.apply_overrides(module_overrides)
@@ -187,131 +159,9 @@ class QuantSim:
         report: PreparationReport = self.model.meta["aq_search"]["report"]
         return report
 
-    def _new_activation_quantizer(self, enabled: bool) -> FakeQuantizer:
-        return FakeQuantizer(
-            kind="activation",
-            bitwidth=self.default_output_bw or 8,
-            symmetric=self.activation_symmetric,
-            scheme=self._act_estimator,
-            enabled=enabled and self.default_output_bw is not None,
-        )
-
-    def _insert_quantizers(self) -> None:
-        gm = self.model
-        store = nn.ModuleDict()
-        gm.add_module(_QUANTIZER_ROOT, store)
-        graph = gm.graph
-        calls: dict[str, int] = {}
-        for node in list(graph.nodes):
-            if node.op == "placeholder":
-                tm = node.meta.get("tensor_meta")
-                if tm is None or not hasattr(tm, "dtype") or not tm.dtype.is_floating_point:
-                    continue
-                name = str(node.target)
-                self._input_names.append(name)
-                self._add_activation_node(node, name, enabled=True, store=store)
-            elif node.op == "call_module":
-                target = str(node.target)
-                module = gm.get_submodule(target)
-                if isinstance(module, WEIGHT_LAYERS) and not parametrize.is_parametrized(module, "weight"):
-                    self._add_param_quantizer(target, module)
-                if isinstance(module, PASSTHROUGH_LAYERS):
-                    continue
-                tm = node.meta.get("tensor_meta")
-                if tm is None or not hasattr(tm, "dtype") or not tm.dtype.is_floating_point:
-                    continue
-                calls[target] = calls.get(target, 0) + 1
-                name = target if calls[target] == 1 else f"{target}#{calls[target] - 1}"
-                enabled = not self._fused(node, module)
-                self._add_activation_node(node, name, enabled=enabled, store=store)
-                self._output_of.setdefault(target, []).append(name)
-        self._fuse_activations()
-        gm.recompile()
-
-    def _fuse_activations(self) -> None:
-        """Fold each ReLU/ReLU6/Hardtanh into the quantizer of its output (see ``FakeQuantizer.fused_clamp``).
-
-        The activation node leaves the graph (its module stays, unused); :meth:`unfuse_activations`
-        puts it back, e.g. for export.
-        """
-        graph = self.model.graph
-        for qnode in list(graph.nodes):
-            name = qnode.meta.get("aq_quantizer")
-            if name is None or len(qnode.args) != 1:
-                continue
-            act = qnode.args[0]
-            if not isinstance(act, fx.Node) or act.op != "call_module" or len(act.users) != 1 or len(act.args) != 1:
-                continue
-            module = self.model.get_submodule(str(act.target))
-            if type(module) is nn.ReLU:
-                clamp = (0.0, float("inf"))
-            elif type(module) is nn.ReLU6:
-                clamp = (0.0, 6.0)
-            elif type(module) is nn.Hardtanh and module.min_val <= 0.0 <= module.max_val:
-                clamp = (float(module.min_val), float(module.max_val))
-            else:
-                continue
-            quantizer = self._activation[name]
-            quantizer.fused_clamp = clamp
-            qnode.args = (act.args[0],)
-            qnode.meta["aq_fused"] = str(act.target)
-            graph.erase_node(act)
-
     def unfuse_activations(self) -> None:
         """Put the activation ops folded into quantizers back into the graph (same outputs, slower)."""
-        graph = self.model.graph
-        for qnode in list(graph.nodes):
-            target = qnode.meta.pop("aq_fused", None)
-            if target is None:
-                continue
-            with graph.inserting_before(qnode):
-                act = graph.call_module(target, (qnode.args[0],))
-            act.meta = {k: v for k, v in qnode.meta.items() if k in ("tensor_meta", "nn_module_stack")}
-            qnode.args = (act,)
-            self._activation[qnode.meta["aq_quantizer"]].fused_clamp = None
-        graph.lint()
-        self.model.recompile()
-
-    def _fused(self, node: fx.Node, module: nn.Module) -> bool:
-        if not isinstance(module, FUSABLE_PRODUCERS) or len(node.users) != 1:
-            return False
-        user = next(iter(node.users))
-        if user.op != "call_module":
-            return False
-        consumer = self.model.get_submodule(str(user.target))
-        if isinstance(consumer, FUSABLE_ACTIVATIONS):
-            return True
-        return isinstance(consumer, BATCHNORMS) and isinstance(module, WEIGHT_LAYERS)
-
-    def _add_activation_node(self, node: fx.Node, name: str, *, enabled: bool, store: nn.ModuleDict) -> None:
-        key = _key(name)
-        while key in store:
-            key += "_"
-        quantizer = self._new_activation_quantizer(enabled)
-        store[key] = quantizer
-        self._activation[name] = quantizer
-        users = list(node.users)
-        with self.model.graph.inserting_after(node):
-            qnode = self.model.graph.call_module(f"{_QUANTIZER_ROOT}.{key}", (node,))
-        qnode.meta = {k: v for k, v in node.meta.items() if k in ("tensor_meta", "nn_module_stack")}
-        qnode.meta["aq_quantizer"] = name
-        for user in users:
-            user.replace_input_with(node, qnode)
-
-    def _add_param_quantizer(self, name: str, module: nn.Module) -> None:
-        axis = _weight_axis(module) if self.per_channel else None
-        weight = module.weight
-        if not isinstance(weight, torch.Tensor):
-            return
-        quantizer = FakeQuantizer(
-            kind="param",
-            bitwidth=self.default_param_bw or 8,
-            scheme=self._param_estimator,
-            axis=axis,
-            enabled=self.default_param_bw is not None,
-        )
-        parametrize.register_parametrization(module, "weight", quantizer, unsafe=True)
-        self._param[f"{name}.weight"] = quantizer
+        unfuse_activations(self)
 
     # -- lookup ----------------------------------------------------------------------------------
     @property
@@ -338,7 +188,7 @@ class QuantSim:
 
     def float_weight(self, name: str) -> torch.Tensor:
         """The float weight of a quantized layer."""
-        return _float_weight(self.layer(name))
+        return float_weight(self.layer(name))
 
     def param_quantizer(self, module_name: str) -> FakeQuantizer:
         try:
@@ -400,7 +250,7 @@ class QuantSim:
             if name not in found:
                 found.append(name)
             return
-        passthrough = _is_data_movement(node) or (
+        passthrough = is_data_movement(node) or (
             node.op == "call_module" and isinstance(self.model.get_submodule(str(node.target)), PASSTHROUGH_LAYERS)
         )
         if passthrough:
@@ -457,7 +307,7 @@ class QuantSim:
             q = self.param_quantizer(module_name)
             q.set_format(param_bw, param_dtype)
             if q.dtype == "int" and self._encoded:
-                q.compute_encoding(_float_weight(self.layer(module_name)))
+                q.compute_encoding(float_weight(self.layer(module_name)))
         if output_bw is not None:
             for q in self.output_quantizers(module_name):
                 dropped = q.set_format(output_bw, output_dtype)
@@ -524,55 +374,46 @@ class QuantSim:
                 q.stop_observing()
             self.model.train(training)
 
-    def compute_encodings(self, forward_fn: Callable[..., Any] | Iterable[Any], forward_fn_args: Any = None) -> None:
-        """Calibrate: run ``forward_fn(model)`` and compute every encoding from what was seen.
+    def compute_encodings(
+        self,
+        forward_pass_callback: Callable[..., Any] | Iterable[Any] | None = None,
+        forward_pass_callback_args: Any = None,
+        *,
+        forward_fn: Any = UNSET,
+        forward_fn_args: Any = UNSET,
+    ) -> None:
+        """Calibrate: run ``forward_pass_callback(model)`` and compute every encoding from what was seen.
 
         Args:
-            forward_fn: a callable that runs calibration batches through the model it is given
-                (``forward_fn(model)``, or ``forward_fn(model, forward_fn_args)`` as in AIMET). The
-                user owns the loop. A re-iterable of batches (a DataLoader, a list) is accepted too:
-                each batch is fed as ``model(x)`` / ``model(*x)`` / ``model(**x)``.
-            forward_fn_args: passed as the second argument when given.
+            forward_pass_callback: a callable that runs calibration batches through the model it is
+                given (``forward_pass_callback(model)``, or ``forward_pass_callback(model,
+                forward_pass_callback_args)`` as in AIMET). The user owns the loop. A re-iterable of
+                batches (a DataLoader, a list) is accepted too: each batch is fed as ``model(x)`` /
+                ``model(*x)`` / ``model(**x)``.
+            forward_pass_callback_args: passed as the second argument when given.
+            forward_fn / forward_fn_args: deprecated names of the two above (``forward_fn`` means
+                ``forward_fn(model, batch)`` everywhere else); they warn and will be removed.
 
         Activations are observed in float (quantization off); weights are encoded from the weights.
 
         Raises:
-            CalibrationError: ``forward_fn`` raised, or no calibration data reached the model.
+            CalibrationError: ``forward_pass_callback`` raised, or no calibration data reached the model.
         """
-        if callable(forward_fn):
-            fn = forward_fn
-
-            def run(model: nn.Module) -> None:
-                if forward_fn_args is None:
-                    fn(model)
-                else:
-                    fn(model, forward_fn_args)
-
-        elif isinstance(forward_fn, Iterable) and not isinstance(forward_fn, (str, bytes, torch.Tensor)):
-            batches = forward_fn
-
-            def run(model: nn.Module) -> None:
-                fed = 0
-                for batch in batches:
-                    if fed == 0:
-                        check_same_device(model, batch, "the first calibration batch")
-                    feed_batch(model, batch)
-                    fed += 1
-                if fed == 0 and is_one_shot(batches):
-                    raise CalibrationError("the calibration batches yielded nothing." + exhausted_iterator_hint(batches))
-
-        else:
-            raise InvalidInputError(
-                "compute_encodings needs a callable forward_fn(model) that runs calibration batches through the "
-                f"model (or a re-iterable of batches). Got {type(forward_fn).__name__} instead."
-            )
+        who = "QuantSim.compute_encodings"
+        callback = renamed_parameter(who, "forward_fn", "forward_pass_callback", forward_fn, forward_pass_callback)
+        callback_args = renamed_parameter(
+            who, "forward_fn_args", "forward_pass_callback_args", forward_fn_args, forward_pass_callback_args
+        )
+        run = calibration_runner(callback, callback_args)
         with self._calibrating(), torch.no_grad(), watch_masks(self):
             try:
                 run(self.model)
             except AQSearchError:
                 raise  # already says what is wrong and how to fix it
             except Exception as err:
-                raise CalibrationError(f"The calibration callback (forward_fn) raised {type(err).__name__}: {err}") from err
+                raise CalibrationError(
+                    f"The calibration callback (forward_pass_callback) raised {type(err).__name__}: {err}"
+                ) from err
         self._compute_activation_encodings(after_calibration=True)
         self.compute_param_encodings()
 
@@ -581,7 +422,7 @@ class QuantSim:
         unseen = [name for name, q in self._activation.items() if q in observed and (q.stats is None or q.stats.empty)]
         if observed and len(unseen) == len(observed) and after_calibration:
             raise CalibrationError(
-                "Calibration saw no data: forward_fn(model) did not run any batch through the model it was given. "
+                "Calibration saw no data: forward_pass_callback(model) did not run any batch through the model it was given. "
                 "It must call the model passed to it, e.g. `lambda model: [model(x) for x in calibration_batches]`, "
                 "and the calibration data must not be empty."
             )
@@ -599,40 +440,17 @@ class QuantSim:
         """(Re)compute weight encodings from the current float weights (frozen ones are kept)."""
         for name, q in self._param.items():
             if q.enabled and q.dtype == "int" and not q.frozen:
-                q.compute_encoding(_float_weight(self.layer(name.rpartition(".")[0])))
+                q.compute_encoding(float_weight(self.layer(name.rpartition(".")[0])))
 
+    # -- encodings I/O -------------------------------------------------------------------------
     # -- encodings I/O -------------------------------------------------------------------------
     def encodings(self) -> dict[str, Any]:
         """All encodings as a JSON-able dict (the content of :meth:`export_encodings`)."""
-        act: dict[str, Any] = {}
-        par: dict[str, Any] = {}
-        for name, q in self._activation.items():
-            if q.enabled:
-                act[name] = q.encoding_dict()
-        for name, q in self._param.items():
-            if q.enabled:
-                par[name] = q.encoding_dict()
-        return {
-            "version": ENCODINGS_VERSION,
-            "activation_encodings": act,
-            "param_encodings": par,
-            "quantizer_args": {
-                "param_quant_scheme": self._param_estimator.to_dict(),
-                "activation_quant_scheme": self._act_estimator.to_dict(),
-                "per_channel": self.per_channel,
-                "activation_symmetric": self.activation_symmetric,
-                "default_param_bw": self.default_param_bw,
-                "default_output_bw": self.default_output_bw,
-            },
-        }
+        return encodings_dict(self)
 
     def export_encodings(self, path: str | os.PathLike[str]) -> None:
         """Write the encodings JSON (AIMET-style ``activation_encodings`` / ``param_encodings``)."""
-        data = self.encodings()
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
+        export_encodings(self, path)
 
     def load_encodings(self, path: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True) -> None:
         """Load encodings written by :meth:`export_encodings`; the sim then reproduces the exported outputs.
@@ -642,51 +460,7 @@ class QuantSim:
         Quantizers absent from the file are disabled (the file says they were float); with
         ``strict=True`` names the sim does not know are an error.
         """
-        if isinstance(path, Mapping):
-            data: Any = path
-            where = "encodings dict"
-        else:
-            where = os.fspath(path)
-            try:
-                with open(where, encoding="utf-8") as fh:
-                    data = json.load(fh)
-            except FileNotFoundError:
-                raise InvalidInputError(f"encodings file {where!r} does not exist") from None
-            except json.JSONDecodeError as err:
-                raise InvalidInputError(f"encodings file {where!r} is not valid JSON: {err}") from None
-        if not isinstance(data, Mapping) or "activation_encodings" not in data or "param_encodings" not in data:
-            raise InvalidInputError(f"{where}: not an encodings file (needs 'activation_encodings' and 'param_encodings')")
-        if isinstance(data["activation_encodings"], list) or isinstance(data["param_encodings"], list):
-            from ..export._aimet import from_aimet_v1  # AIMET 1.0.0's list layout
-
-            data = from_aimet_v1(data, where)
-        act, par = data["activation_encodings"], data["param_encodings"]
-        unknown = sorted(set(act) - set(self._activation)) + sorted(set(par) - set(self._param))
-        if unknown and strict:
-            raise InvalidInputError(
-                f"{where}: encodings for tensors this sim does not have: {unknown[:10]}"
-                f"{' ...' if len(unknown) > 10 else ''}. Was it exported from a different model or pipeline? "
-                "Use strict=False to load the rest."
-            )
-        for name, q in self._param.items():
-            if name in par:
-                q.enabled = True
-                module = self.layer(name.rpartition(".")[0])
-                channels = _float_weight(module).shape[q.axis] if q.axis is not None else 1
-                if q.dtype == "int" and len(par[name]) != channels and par[name][0].get("dtype", "int") == "int":
-                    raise InvalidInputError(
-                        f"{where}: {name!r} has {len(par[name])} channel encodings, the weight has {channels}"
-                    )
-                q.set_encoding_dict(par[name], name=name)
-                q.frozen = q.rounding is not None
-            else:
-                q.enabled = False
-        for name, q in self._activation.items():
-            if name in act:
-                q.enabled = True
-                q.set_encoding_dict(act[name], name=name)
-            else:
-                q.enabled = False
+        load_encodings(self, path, strict=strict)
 
     # -- misc ------------------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -118,7 +118,7 @@ def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | 
         eval_callback=ctx.evaluate,
         allowed_accuracy_drop=max(0.0, ctx.fp32_accuracy - ctx.target),
         fp32_accuracy=ctx.fp32_accuracy,
-        forward_fn=ctx.feed,
+        forward_pass_callback=ctx.feed,
         progress=False,
         budget=limit if getattr(config, "cost", "bops") == "bops" else None,
         input_accuracy=input_score if full_phase2 else None,

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from .._constraints import check_raw_values
 from .._errors import InvalidInputError, SearchSpaceError
 
 __all__ = ["Choice", "FloatRange", "IntRange", "ParamSpec", "Section", "suggest_param"]
@@ -196,7 +197,13 @@ def dimension(value: Any, key: str, where: Where, dim: Any, config_class: Any = 
 
 
 def parse_section(spec: Any, raw: Any, where: Where) -> Any:
-    """A registered technique's section: its own parser, or one :func:`dimension` per declared dimension."""
+    """A registered technique's section: its own parser, or one :func:`dimension` per declared dimension.
+
+    Values the technique's config declares constraints for are checked against that declaration first,
+    so a YAML key and the matching Python argument fail with the same message.
+    """
+    if isinstance(raw, Mapping) and hasattr(spec.config_class, "_parameter_constraints"):
+        check_raw_values(spec.config_class, raw, lambda name, msg: where.error(f"{spec.space_key}.{name}", msg))
     if spec.parse_section is not None:
         return spec.parse_section(raw, where)
     values = mapping(raw, spec.space_key, where, {d.name for d in spec.dimensions})

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._data import tensor_fingerprint
 from .._errors import EncodingsNotComputedError
@@ -46,9 +45,10 @@ from ._adaround_opt import (
 )
 from ._cache import TensorCache
 from ._config import bad_argument
-from ._graph import LAYERS, bias_of
+from ._graph import bias_of
+from ._layer_walk import LayerWalk, ModelInputs, calibration_inputs, select_layers
 from ._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
-from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
+from ._running import GraphStepper, float_mode
 
 __all__ = ["AdaRoundLayerResult", "AdaRoundParams", "AdaRoundReport", "apply_adaround"]
 
@@ -186,6 +186,35 @@ def _adaround_layer(
     return AdaRoundLayerResult(name, rtn_mse, ada_mse, hit, seconds, nearest)
 
 
+class _AdaRoundWalk(LayerWalk):
+    """At each layer, before it runs: learn its rounding from its cached FP32 (and quantized) inputs."""
+
+    progress_label = "AdaRound"
+    visit_before_step = True
+
+    def __init__(self, sim: QuantSim, layers: list[str], params: AdaRoundParams, cache: TensorCache | None, seed: int) -> None:
+        super().__init__(sim, layers)
+        self.params, self.cache, self.seed = params, cache, seed
+        self.results: list[AdaRoundLayerResult] = []
+        self.quant: GraphStepper | None = None
+
+    def start(self, inputs: ModelInputs) -> None:
+        super().start(inputs)  # the FP32 activations
+        self.quant = GraphStepper(self.sim.model, inputs) if self.params.use_quantized_inputs else None
+
+    def step(self, node: fx.Node) -> None:
+        with float_mode(self.sim):
+            super().step(node)
+        if self.quant is not None:
+            self.quant.step(node)
+
+    def visit(self, node: fx.Node, name: str) -> None:
+        assert self.stepper is not None
+        x_fp = torch.cat(self.stepper.first_input(node))
+        x_opt = torch.cat(self.quant.first_input(node)) if self.quant is not None else x_fp
+        self.results.append(_adaround_layer(self.sim, name, x_fp, x_opt, self.params, self.cache, self.seed))
+
+
 def apply_adaround(
     sim: QuantSim,
     data_loader: Iterable[Any],
@@ -241,62 +270,30 @@ def apply_adaround(
         [True, True]
     """
     sim = _check_sim(sim, params, seed)
-    if forward_fn is not None and not callable(forward_fn):
-        raise bad_argument("forward_fn", "apply_adaround", "a callable forward_fn(model, batch) or None", forward_fn)
-    layers: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for name in sim.quantized_layers:
-        module, q = sim.layer(name), sim.param_quantizer(name)
-        if not isinstance(module, LAYERS):
-            skipped.append((name, f"{type(module).__name__} weights are not adarounded"))
-        elif not q.enabled or q.dtype != "int":
-            skipped.append((name, "its weight is not quantized to int"))
-        elif q.scale is None:
+
+    def check(name: str, _: nn.Module) -> str | None:
+        q = sim.param_quantizer(name)
+        if not q.enabled or q.dtype != "int":
+            return "its weight is not quantized to int"
+        if q.scale is None:
             raise EncodingsNotComputedError(
                 f"apply_adaround needs the weight encodings, but {name!r} has none: call "
-                "sim.compute_encodings(forward_fn) (or sim.load_encodings) before apply_adaround."
+                "sim.compute_encodings(batches) (or sim.load_encodings) before apply_adaround."
             )
-        else:
-            layers.append(name)
+        return None
+
+    layers, skipped = select_layers(sim, "{kind} weights are not adarounded", check)
     if params.use_quantized_inputs:
         missing = [n for n, q in sim.activation_quantizers.items() if q.enabled and q.dtype == "int" and q.scale is None]
         if missing:
             raise EncodingsNotComputedError(
                 f"apply_adaround with use_quantized_inputs needs the activation encodings ({missing[:3]} have none): "
-                "call sim.compute_encodings(forward_fn) first."
+                "call sim.compute_encodings(batches) first."
             )
-    batches = materialize_batches(data_loader, params.num_batches, "apply_adaround")
-    inputs = model_inputs(batches, forward_fn)
-
-    pending = set(layers)
-    results: list[AdaRoundLayerResult] = []
-    training = sim.model.training
-    sim.model.eval()
-    progress = tqdm(total=len(layers), desc="AdaRound", unit="layer", disable=None, leave=False)
-    try:
-        fp = GraphStepper(sim.model, inputs)
-        quant = GraphStepper(sim.model, inputs) if params.use_quantized_inputs else None
-        with torch.no_grad():
-            for node in sim.model.graph.nodes:
-                if not pending:
-                    break
-                name = str(node.target)
-                if node.op == "call_module" and name in pending:
-                    pending.discard(name)
-                    x_fp = torch.cat(fp.first_input(node))
-                    x_opt = torch.cat(quant.first_input(node)) if quant is not None else x_fp
-                    results.append(_adaround_layer(sim, name, x_fp, x_opt, params, cache, seed))
-                    del x_fp, x_opt
-                    progress.update()
-                with float_mode(sim):
-                    fp.step(node)
-                if quant is not None:
-                    quant.step(node)
-    finally:
-        progress.close()
-        sim.model.train(training)
-    for name in sorted(pending):
-        skipped.append((name, "it never ran on the calibration batches"))
+    inputs = calibration_inputs(data_loader, params.num_batches, forward_fn, "apply_adaround")
+    walk = _AdaRoundWalk(sim, layers, params, cache, seed)
+    skipped += walk.walk(inputs)
+    results = walk.results
     report = AdaRoundReport(tuple(results), tuple(skipped))
     sim.model.meta["aq_search"][META_ADAROUND] = report
     logger.info(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._constraints import Boolean, Constraint, Interval, Pair
 from .._numerics import channel_shape
 from ..quantsim import FakeQuantizer
 from ._adaround_stop import EarlyStop, check_interval
@@ -62,25 +63,17 @@ class AdaRoundParams(TechniqueConfig):
     batch_size: int = 1024
     early_stop_patience: int = 0
 
-    def __post_init__(self) -> None:
-        self._check_int("num_batches", 1)
-        self._check_int("num_iterations", 1)
-        self._check_float("reg_param", 0.0, lo_open=True)
-        self._check_float("warm_start", 0.0, 1.0, hi_open=True)
-        self._check_bool("use_quantized_inputs")
-        self._check_float("learning_rate", 0.0, 1.0, lo_open=True)
-        self._check_int("batch_size", 1)
-        self._check_int("early_stop_patience", 0)
-        br = self.beta_range
-        ok = (
-            isinstance(br, (tuple, list))
-            and len(br) == 2
-            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0 for b in br)
-            and br[0] >= br[1]
-        )
-        if not ok:
-            raise self._fail("beta_range", "a pair (start, end) of positive numbers with start >= end, such as (20, 2)", br)
-        object.__setattr__(self, "beta_range", (float(br[0]), float(br[1])))
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "num_batches": [Interval(int, 1, None)],
+        "num_iterations": [Interval(int, 1, None)],
+        "reg_param": [Interval(float, 0.0, None, "neither")],
+        "beta_range": [Pair(Interval(float, 0.0, None, "neither"), "descending", "(20, 2)", "positive numbers")],
+        "warm_start": [Interval(float, 0.0, 1.0, "left")],
+        "use_quantized_inputs": [Boolean()],
+        "learning_rate": [Interval(float, 0.0, 1.0, "right")],
+        "batch_size": [Interval(int, 1, None)],
+        "early_stop_patience": [Interval(int, 0, None)],
+    }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .._constraints import Constraint, Interval
 from .._errors import EncodingsNotComputedError
 from ..quantsim import QuantSim
 from ._config import TechniqueConfig, bad_argument
-from ._graph import LAYERS, ensure_bias, num_calls
+from ._graph import ensure_bias, num_calls
+from ._layer_walk import NEVER_RAN, LayerWalk, ModelInputs, calibration_inputs, select_layers
 from ._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
-from ._running import GraphStepper, float_mode, materialize_batches, model_inputs
+from ._running import float_mode
 
 __all__ = ["BiasCorrectionConfig", "BiasCorrectionLayerResult", "BiasCorrectionReport", "correct_bias"]
 
@@ -85,6 +86,49 @@ class _ChannelMean:
         return self.total / max(1, self.count)
 
 
+class _BiasCorrectionWalk(LayerWalk):
+    """At each layer, after it ran: the shift of its output mean goes into its bias and its outputs."""
+
+    progress_label = "Bias correction"
+    visit_before_step = False
+
+    def __init__(self, sim: QuantSim, layers: list[str]) -> None:
+        super().__init__(sim, layers)
+        self.reference: dict[str, _ChannelMean] = {}
+        self.results: list[BiasCorrectionLayerResult] = []
+
+    def start(self, inputs: ModelInputs) -> None:
+        """The FP32 output means, from one pass with every quantizer off."""
+        sim = self.sim
+        self.reference = {n: _ChannelMean(isinstance(sim.layer(n), nn.Linear)) for n in self.layers}
+        handles = [sim.layer(n).register_forward_hook(lambda _m, _i, y, acc=self.reference[n]: acc.add(y)) for n in self.layers]
+        try:
+            with float_mode(sim), torch.no_grad():
+                for args, kwargs in inputs:
+                    sim.model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        self.skipped += [(n, NEVER_RAN) for n in self.layers if self.reference[n].total is None]
+        self.pending = {n for n in self.layers if self.reference[n].total is not None}
+        super().start(inputs)
+
+    def visit(self, node: fx.Node, name: str) -> None:
+        assert self.stepper is not None
+        module = self.sim.layer(name)
+        linear = isinstance(module, nn.Linear)
+        measured = _ChannelMean(linear)
+        outputs = self.stepper.values(node)
+        for y in outputs:
+            measured.add(y)
+        shift = self.reference[name].mean - measured.mean
+        bias = ensure_bias(module)
+        bias.add_(shift.to(bias.dtype))
+        for y in outputs:  # the later layers see the corrected output
+            y.add_(shift.to(y.dtype).reshape([-1] + [1] * (y.dim() - 2)) if not linear else shift.to(y.dtype))
+        self.results.append(BiasCorrectionLayerResult(name, float(shift.abs().mean()), float(shift.abs().max())))
+
+
 def correct_bias(
     sim: QuantSim,
     data_loader: Iterable[Any],
@@ -131,72 +175,22 @@ def correct_bias(
         raise bad_argument("sim", "correct_bias", "a QuantSim", sim)
     if not isinstance(config, BiasCorrectionConfig):
         raise bad_argument("config", "correct_bias", "a BiasCorrectionConfig or None", config)
-    if forward_fn is not None and not callable(forward_fn):
-        raise bad_argument("forward_fn", "correct_bias", "a callable forward_fn(model, batch) or None", forward_fn)
     quantizers = list(sim.param_quantizers.values()) + list(sim.activation_quantizers.values())
     missing = [q for q in quantizers if q.enabled and q.dtype == "int" and q.scale is None]
     if missing or not any(q.scale is not None for q in quantizers):
         raise EncodingsNotComputedError(
-            "correct_bias needs the sim's encodings: call sim.compute_encodings(forward_fn) (or sim.load_encodings) first."
+            "correct_bias needs the sim's encodings: call sim.compute_encodings(batches) (or sim.load_encodings) first."
         )
-    batches = materialize_batches(data_loader, config.num_batches, "correct_bias")
-
+    inputs = calibration_inputs(data_loader, config.num_batches, forward_fn, "correct_bias")
     calls = num_calls(sim.model)
-    layers: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for name in sim.quantized_layers:
-        module = sim.layer(name)
-        if not isinstance(module, LAYERS):
-            skipped.append((name, f"{type(module).__name__} has no bias to correct"))
-        elif calls.get(name, 0) != 1:
-            skipped.append((name, f"it is called {calls.get(name, 0)} times (shared weights)"))
-        else:
-            layers.append(name)
-
-    inputs = model_inputs(batches, forward_fn)
-    training = sim.model.training
-    sim.model.eval()
-    results: list[BiasCorrectionLayerResult] = []
-    try:
-        reference = {n: _ChannelMean(isinstance(sim.layer(n), nn.Linear)) for n in layers}
-        handles = [sim.layer(n).register_forward_hook(lambda _m, _i, y, acc=reference[n]: acc.add(y)) for n in layers]
-        try:
-            with float_mode(sim), torch.no_grad():
-                for args, kwargs in inputs:
-                    sim.model(*args, **kwargs)
-        finally:
-            for h in handles:
-                h.remove()
-        pending = {n for n in layers if reference[n].total is not None}
-        skipped += [(n, "it never ran on the calibration batches") for n in layers if n not in pending]
-        stepper = GraphStepper(sim.model, inputs)
-        with (
-            torch.no_grad(),
-            tqdm(total=len(pending), desc="Bias correction", unit="layer", disable=None, leave=False) as progress,
-        ):
-            for node in sim.model.graph.nodes:
-                if not pending:
-                    break
-                stepper.step(node)
-                name = str(node.target)
-                if node.op != "call_module" or name not in pending:
-                    continue
-                pending.discard(name)
-                module = sim.layer(name)
-                linear = isinstance(module, nn.Linear)
-                measured = _ChannelMean(linear)
-                outputs = stepper.values(node)
-                for y in outputs:
-                    measured.add(y)
-                shift = reference[name].mean - measured.mean
-                bias = ensure_bias(module)
-                bias.add_(shift.to(bias.dtype))
-                for y in outputs:  # the later layers see the corrected output
-                    y.add_(shift.to(y.dtype).reshape([-1] + [1] * (y.dim() - 2)) if not linear else shift.to(y.dtype))
-                results.append(BiasCorrectionLayerResult(name, float(shift.abs().mean()), float(shift.abs().max())))
-                progress.update()
-    finally:
-        sim.model.train(training)
+    layers, skipped = select_layers(
+        sim,
+        "{kind} has no bias to correct",
+        lambda name, _: None if calls.get(name, 0) == 1 else f"it is called {calls.get(name, 0)} times (shared weights)",
+    )
+    walk = _BiasCorrectionWalk(sim, layers)
+    skipped += walk.walk(inputs)
+    results = walk.results
     report = BiasCorrectionReport(tuple(results), tuple(skipped))
     sim.model.meta["aq_search"][META_BIAS_CORRECTION] = report
     logger.info("correct_bias: corrected %d layer(s), %d skipped", len(results), len(skipped))

@@ -11,7 +11,8 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .._constraints import Boolean, Constraint
-from ..quantsim._prepare import BATCHNORMS, propagate_shapes
+from ..quantsim._layers import BATCHNORMS
+from ..quantsim._trace import propagate_shapes
 from ._config import TechniqueConfig, bad_argument
 from ._graph import (
     CONVS,

@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from .._constraints import parameter_error
 from .._errors import InvalidInputError
 
 __all__ = ["AdaRoundCache", "TensorCache"]
@@ -53,10 +54,7 @@ class AdaRoundCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         if not isinstance(directory, (str, os.PathLike)):
-            raise InvalidInputError(
-                "The 'directory' parameter of AdaRoundCache must be a path (str or os.PathLike). "
-                f"Got {type(directory).__name__} instead."
-            )
+            raise parameter_error("directory", "AdaRoundCache", "a path (str or os.PathLike)", directory)
         self.directory = os.fspath(directory)
         self.hits = 0
         self.misses = 0

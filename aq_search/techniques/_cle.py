@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._constraints import Boolean, Constraint, Interval, Options
 from .._errors import InvalidInputError
 from ..quantsim import _ops
-from ..quantsim._prepare import PASSTHROUGH_LAYERS
+from ..quantsim._layers import AVG_POOLS, PASSTHROUGH_LAYERS
 from ._bn_fold import META_FOLDED, META_REPORT, META_UNFOLDED, FoldedBatchNorm
 from ._config import TechniqueConfig, bad_argument
 from ._graph import (
@@ -52,12 +52,7 @@ _CHANNEL_MIXING = (nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle,
 _LOOK_THROUGH: tuple[type[nn.Module], ...] = (
     *(c for c in PASSTHROUGH_LAYERS if c not in _CHANNEL_MIXING),
     nn.ZeroPad3d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d,
+    *AVG_POOLS,
 )
 _RELU6_POLICIES = ("always", "unclipped", "never")
 _RESHAPES_FN = {torch.flatten, torch.reshape, torch.squeeze}

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from .._constraints import Boolean, Constraint, Interval, NoneValue, check_parameter, validate_params
+from .._constraints import Boolean, Constraint, Interval, NoneValue, check_parameter, parameter_error, validate_params
 from .._errors import InvalidInputError
 
 __all__ = ["TechniqueConfig", "bad_argument"]
@@ -21,9 +21,8 @@ _C = TypeVar("_C", bound="TechniqueConfig")
 
 
 def bad_argument(param: str, who: str, must: str, value: object) -> InvalidInputError:
-    """The project's wording for a bad argument of a function."""
-    shown = repr(value) if isinstance(value, (int, float, str, bool, type(None))) else f"a {type(value).__name__}"
-    return InvalidInputError(f"The '{param}' parameter of {who} must be {must}. Got {shown} instead.")
+    """The project's wording for a bad argument of a function (see :func:`aq_search._constraints.parameter_error`)."""
+    return parameter_error(param, who, must, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +74,7 @@ class TechniqueConfig:
 
     # -- validation helpers for checks not (yet) declared: the same constraints, one message format --
     def _fail(self, name: str, must: str, value: object) -> InvalidInputError:
-        return InvalidInputError(f"The '{name}' parameter of {type(self).__name__} must be {must}. Got {value!r} instead.")
+        return parameter_error(name, type(self).__name__, must, value)
 
     def _check(self, name: str, *constraints: Constraint) -> None:
         value = check_parameter(name, type(self).__name__, getattr(self, name), constraints)

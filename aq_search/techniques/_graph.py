@@ -8,8 +8,9 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .._errors import InvalidInputError
-from ..quantsim._prepare import BATCHNORMS, is_prepared, prepare_model
+from .._constraints import parameter_error
+from ..quantsim._layers import BATCHNORMS
+from ..quantsim._prepare import is_prepared, prepare_model
 
 __all__ = [
     "CONVS",
@@ -43,7 +44,7 @@ LAYERS: tuple[type[nn.Module], ...] = (*CONVS, *CONV_TRANSPOSES, nn.Linear)
 def prepared_copy(model: Any, dummy_input: Any, who: str) -> fx.GraphModule:
     """A prepared copy of ``model`` (raw or already prepared); the caller's model is untouched."""
     if not isinstance(model, nn.Module):
-        raise InvalidInputError(f"The 'model' parameter of {who} must be a torch.nn.Module. Got {type(model).__name__} instead.")
+        raise parameter_error("model", who, "a torch.nn.Module", model)
     gm = prepare_model(model, dummy_input)
     assert is_prepared(gm)
     return gm

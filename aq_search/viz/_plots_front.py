@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from .._constraints import parameter_error
 from .._errors import InvalidInputError
+from .._plotting import add_scatter
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
 from .._plotting import plotly_go as _go
@@ -118,25 +120,21 @@ def plot_orderings(study_or_result: StudyLike, *, backend: str = "matplotlib", t
     if backend == "plotly":
         go = _go()
         fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=[t.value for _, t in complete],
-                y=[labels[r] for r, _ in complete],
-                mode="markers",
-                name="complete",
-                text=[f"trial {t.number}: {t.applied}" for _, t in complete],
-                marker={"size": 10},
-            )
+        add_scatter(
+            fig,
+            (t.value for _, t in complete),
+            (labels[r] for r, _ in complete),
+            "complete",
+            text=[f"trial {t.number}: {t.applied}" for _, t in complete],
+            marker={"size": 10},
         )
-        fig.add_trace(
-            go.Scatter(
-                x=[t.last_score for _, t in pruned],
-                y=[labels[r] for r, _ in pruned],
-                mode="markers",
-                name="pruned",
-                text=[f"trial {t.number}: pruned after stage {t.pruned_at_stage}" for _, t in pruned],
-                marker={"symbol": "x", "size": 10, "color": _PRUNED},
-            )
+        add_scatter(
+            fig,
+            (t.last_score for _, t in pruned),
+            (labels[r] for r, _ in pruned),
+            "pruned",
+            text=[f"trial {t.number}: pruned after stage {t.pruned_at_stage}" for _, t in pruned],
+            marker={"symbol": "x", "size": 10, "color": _PRUNED},
         )
         _goal_lines_go(fig, s.fp32_accuracy, s.target_accuracy, horizontal=False)
         fig.update_layout(title=title, xaxis_title="score", yaxis={"categoryorder": "array", "categoryarray": labels[::-1]})
@@ -220,7 +218,7 @@ def plot_amp_sensitivity(
     """
     _check_backend(backend, "plot_amp_sensitivity")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InvalidInputError(f"The 'top' parameter of plot_amp_sensitivity must be a positive int. Got {top!r} instead.")
+        raise parameter_error("top", "plot_amp_sensitivity", "a positive int", top)
     summary, prefix = _amp(amp)
     entries = sorted(summary.sensitivity, key=lambda e: -e.sensitivity)[:top]
     chosen = [summary.group_config.get(e.group) == e.candidate for e in entries]

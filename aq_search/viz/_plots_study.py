@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from .._errors import InvalidInputError
+from .._plotting import add_scatter
 from .._plotting import check_backend as _check_backend
 from .._plotting import matplotlib_figure as _mpl
 from .._plotting import plotly_go as _go
@@ -48,25 +49,22 @@ def plot_optimization_history(study_or_result: StudyLike, *, backend: str = "mat
     if backend == "plotly":
         go = _go()
         fig = go.Figure()
-        fig.add_trace(
-            go.Scatter(
-                x=[t.number for t in complete],
-                y=[t.value for t in complete],
-                mode="markers",
-                name="complete",
-                text=[t.applied for t in complete],
-                marker={"symbol": ["square" if t.reference_recipe else "circle" for t in complete], "size": 9},
-            )
+        symbols = ["square" if t.reference_recipe else "circle" for t in complete]
+        add_scatter(
+            fig,
+            (t.number for t in complete),
+            (t.value for t in complete),
+            "complete",
+            text=[t.applied for t in complete],
+            marker={"symbol": symbols, "size": 9},
         )
-        fig.add_trace(
-            go.Scatter(
-                x=[t.number for t in pruned],
-                y=[t.last_score for t in pruned],
-                mode="markers",
-                name="pruned (score when pruned)",
-                text=[f"{t.pipeline}<br>pruned after stage {t.pruned_at_stage}" for t in pruned],
-                marker={"symbol": "x", "color": _PRUNED, "size": 9},
-            )
+        add_scatter(
+            fig,
+            (t.number for t in pruned),
+            (t.last_score for t in pruned),
+            "pruned (score when pruned)",
+            text=[f"{t.pipeline}<br>pruned after stage {t.pruned_at_stage}" for t in pruned],
+            marker={"symbol": "x", "color": _PRUNED, "size": 9},
         )
         fig.add_trace(go.Scatter(x=best_x, y=best_y, mode="lines", name="best so far", line={"shape": "hv"}))
         if s.best is not None:

@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .._errors import InvalidInputError
 from .._numerics import pareto_front as _pareto_front
-from ..amp._types import ParetoPoint, SensitivityEntry
+from ..amp._types import AmpOutcome, ParetoPoint, SensitivityEntry
 
 if TYPE_CHECKING:
     from ..amp import MixedPrecisionResult
@@ -69,32 +69,16 @@ class StageScore:
 
 
 @dataclass(frozen=True)
-class AmpSummary:
+class AmpSummary(AmpOutcome):
     """What an AMP stage found, in a form that survives the process: JSON-able, no model inside.
 
-    Duck-compatible with :class:`~aq_search.MixedPrecisionResult` for plotting (``pareto``,
-    ``evaluated``, ``accuracy``, ``relative_cost`` ...).
+    It has the figures of :class:`~aq_search.MixedPrecisionResult` (both are an
+    :class:`~aq_search.amp.AmpOutcome`), so the plots take either.
     """
 
-    accuracy: float
-    fp32_accuracy: float
-    target_accuracy: float
-    baseline_accuracy: float
-    relative_bops: float
-    relative_size: float
-    cost: str
     phase1_metric: str
-    n_eval_calls: int
     n_groups: int
-    group_config: Mapping[str, str]
-    sensitivity: tuple[SensitivityEntry, ...]
-    pareto: tuple[ParetoPoint, ...]
-    evaluated: tuple[ParetoPoint, ...]
     message: str = ""
-
-    @property
-    def relative_cost(self) -> float:
-        return self.relative_bops if self.cost == "bops" else self.relative_size
 
     @property
     def lowered_groups(self) -> tuple[str, ...]:

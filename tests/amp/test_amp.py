@@ -105,7 +105,12 @@ def test_target_out_of_reach_returns_the_best_and_says_so(digits: DigitsCase, fo
 def test_sqnr_phase_1_needs_no_eval_calls(digits: DigitsCase, folded_digits: nn.Module) -> None:
     sim = digits_sim(digits, folded_digits, per_channel=True)
     result = choose_mixed_precision(
-        sim, ["w8a8", "w4a8"], digits.eval_callback, 0.01, forward_fn=digits.calibration_batches[:2], phase1_metric="sqnr"
+        sim,
+        ["w8a8", "w4a8"],
+        digits.eval_callback,
+        0.01,
+        forward_pass_callback=digits.calibration_batches[:2],
+        phase1_metric="sqnr",
     )
     assert result.target_met and result.relative_bops < 0.75
     phase2 = len(result.evaluated)
@@ -155,7 +160,7 @@ def test_bad_sim_and_callback(small: tuple[QuantSim, Any]) -> None:
         choose_mixed_precision(sim.model, ["w8a8", "w4a8"], evaluate, 0.01)  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="'eval_callback' parameter"):
         choose_mixed_precision(sim, ["w8a8", "w4a8"], 0.9, 0.01)  # type: ignore[arg-type]
-    with pytest.raises(InvalidInputError, match="'forward_fn' parameter"):
+    with pytest.raises(InvalidInputError, match="'forward_pass_callback' parameter"):
         choose_mixed_precision(sim, ["w8a8", "w4a8"], evaluate, 0.01, phase1_metric="sqnr")
 
 
@@ -204,7 +209,7 @@ def test_uncalibrated_sim() -> None:
     sim = QuantSim(model, x[:1])
     with pytest.raises(EncodingsNotComputedError, match="compute_encodings"):
         choose_mixed_precision(sim, ["w8a8", "w4a8"], evaluate, 0.01)
-    result = choose_mixed_precision(sim, ["w8a8", "w4a8"], evaluate, 1.0, forward_fn=[x], fp32_accuracy=0.0)
+    result = choose_mixed_precision(sim, ["w8a8", "w4a8"], evaluate, 1.0, forward_pass_callback=[x], fp32_accuracy=0.0)
     assert result.target_met and result.relative_bops == pytest.approx(0.5)
 
 

@@ -37,7 +37,7 @@ def test_efficientnet_lite0_w4a8() -> None:
     assert len(groups) == len(sim.quantized_layers)  # no layer shares an input quantizer in this model
     start = time.perf_counter()
     result = choose_mixed_precision(
-        sim, ["w8a8", "w4a8"], agreement, 0.1, forward_fn=[calibration[:4]], phase1_metric="sqnr", fp32_accuracy=1.0
+        sim, ["w8a8", "w4a8"], agreement, 0.1, forward_pass_callback=[calibration[:4]], phase1_metric="sqnr", fp32_accuracy=1.0
     )
     seconds = time.perf_counter() - start
     print(f"\nEfficientNet-Lite0: {result.message} ({seconds:.0f} s)")

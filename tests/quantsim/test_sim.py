@@ -119,9 +119,9 @@ def test_calibration_errors_are_clear(digits: DigitsCase) -> None:
     def broken(model: nn.Module) -> None:
         raise KeyError("labels")
 
-    with pytest.raises(CalibrationError, match=r"calibration callback \(forward_fn\) raised KeyError"):
+    with pytest.raises(CalibrationError, match=r"calibration callback \(forward_pass_callback\) raised KeyError"):
         sim.compute_encodings(broken)
-    with pytest.raises(InvalidInputError, match="callable forward_fn"):
+    with pytest.raises(InvalidInputError, match="callable forward_pass_callback"):
         sim.compute_encodings(3)  # type: ignore[arg-type]
     with pytest.raises(EncodingsNotComputedError, match="compute_encodings"):
         sim.model(digits.dummy_input)

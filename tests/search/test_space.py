@@ -69,7 +69,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     [
         ("adaround", "num_iterations", {"low": 100, "high": 10}, "low \\(100\\) must not exceed high"),
         ("adaround", "warm_start", {"low": 0.0, "high": 0.5, "log": True}, "log range needs low > 0"),
-        ("adaround", "num_batches", "four", "must be an integer"),
+        ("adaround", "num_batches", "four", "The .num_batches. parameter of AdaRoundParams must be an int >= 1"),
         ("amp", "candidate_sets", [["w8a8"]], "at least two candidates"),
         ("amp", "candidate_sets", [["w8a8", "int4"]], "'int4' is not a candidate"),
         ("scheme", "candidates", ["tf_enhanced"], "'<param scheme>/<activation scheme>'"),

@@ -1,0 +1,164 @@
+"""Running and tracing a model: the dummy-input check, torch.fx tracing and shape propagation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
+
+from .._data import as_model_args
+from .._device import check_same_device
+from .._errors import InvalidInputError, ModelPreparationError
+
+__all__ = ["check_dummy_input", "check_model", "leaf_spec", "propagate_shapes", "run_model", "trace_model"]
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaf_types: tuple[type[nn.Module], ...], leaf_names: frozenset[str]) -> None:
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        if type(m).__module__.startswith("aq_search."):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
+def check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(f"model must be a torch.nn.Module (a trained FP32 model). Got {type(model).__name__} instead.")
+    return model
+
+
+def run_model(model: nn.Module, dummy_input: Any) -> Any:
+    args, kwargs = as_model_args(dummy_input)
+    with torch.no_grad():
+        return model(*args, **kwargs)
+
+
+def check_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
+    """Run the model once; a clear error when it rejects ``dummy_input``. Returns the output."""
+    _check_required_args(model, dummy_input)
+    check_same_device(model, dummy_input)
+    training = model.training
+    model.eval()
+    try:
+        return run_model(model, dummy_input)
+    except InvalidInputError:
+        raise
+    except Exception as err:
+        shapes = pytree.tree_map(lambda t: tuple(t.shape) if isinstance(t, Tensor) else t, dummy_input)
+        raise InvalidInputError(
+            f"The model rejected dummy_input (shapes {shapes}): {type(err).__name__}: {err}. "
+            "dummy_input must be something the model accepts: a tensor for model(x), a tuple for model(*inputs), "
+            "or a dict for model(**inputs), with the shape, dtype and device of one real batch."
+        ) from err
+    finally:
+        model.train(training)
+
+
+def _check_required_args(model: nn.Module, dummy_input: Any) -> None:
+    """Name the forward arguments without a default that ``dummy_input`` does not supply."""
+    args, kwargs = as_model_args(dummy_input)
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_POSITIONAL for p in params) and args:
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    supplied = {p.name for p in positional[: len(args)]} | set(kwargs)
+    missing = [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is inspect.Parameter.empty
+        and p.name not in supplied
+    ]
+    if missing:
+        given = f"{len(args)} positional input(s)" + (f" and keyword(s) {sorted(kwargs)}" if kwargs else "")
+        raise InvalidInputError(
+            f"{type(model).__name__}.forward needs argument(s) {missing} that dummy_input does not supply "
+            f"(it gives {given}). Fix: pass them in dummy_input, e.g. as a dict "
+            f"{{{', '.join(repr(m) + ': ...' for m in missing)}}} merged with the other inputs."
+        )
+
+
+def _concrete_args(model: nn.Module, dummy_input: Any) -> dict[str, Any]:
+    """Parameters the dummy input does not supply are fixed to their defaults while tracing."""
+    args, kwargs = as_model_args(dummy_input)
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return {}
+    params = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    concrete: dict[str, Any] = {}
+    for i, p in enumerate(params):
+        supplied = i < len(args) if p.kind != p.KEYWORD_ONLY else False
+        if supplied or p.name in kwargs:
+            continue
+        if p.default is not inspect.Parameter.empty:
+            concrete[p.name] = p.default
+    return concrete
+
+
+def leaf_spec(leaf_modules: Iterable[type[nn.Module] | str]) -> tuple[tuple[type[nn.Module], ...], frozenset[str]]:
+    types: list[type[nn.Module]] = []
+    names: set[str] = set()
+    for leaf in leaf_modules:
+        if isinstance(leaf, str):
+            names.add(leaf)
+        elif isinstance(leaf, type) and issubclass(leaf, nn.Module):
+            types.append(leaf)
+        else:
+            raise InvalidInputError(f"leaf_modules entries must be nn.Module classes or module names. Got {leaf!r} instead.")
+    return tuple(types), frozenset(names)
+
+
+def trace_model(model: nn.Module, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str]) -> fx.GraphModule:
+    types, names = leaf_spec(leaf_modules)
+    tracer = _Tracer(types, names)
+    concrete = _concrete_args(model, dummy_input)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    except Exception as err:
+        stack = list(getattr(tracer, "module_stack", {}).keys())
+        where = stack[-1] if stack else "<model>"
+        where = where or "<model>"
+        raise ModelPreparationError(
+            f"torch.fx could not trace the model inside module {where!r}: {type(err).__name__}: {err}. "
+            f"Fix: remove data-dependent Python control flow from {where!r}'s forward, or pass "
+            f"leaf_modules=[{where!r}] so it is kept whole (then only its output is quantized)."
+        ) from err
+    name = type(model).__name__
+    return fx.GraphModule(tracer.root, graph, name)
+
+
+def propagate_shapes(gm: fx.GraphModule, dummy_input: Any) -> None:
+    """Record each node's output tensor metadata (``node.meta['tensor_meta']``)."""
+    args, kwargs = as_model_args(dummy_input)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    flat = list(args)
+    for ph in placeholders[len(args) :]:
+        if ph.target in kwargs:
+            flat.append(kwargs[ph.target])
+        elif ph.args:
+            flat.append(ph.args[0])
+        else:
+            flat.append(None)
+    training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*flat)
+    finally:
+        gm.train(training)
