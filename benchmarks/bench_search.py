@@ -12,7 +12,10 @@ each strategy runs as a fresh study (new results folder, empty caches), for seve
 * ``fast-first`` (a proposal, not what the space does today): the search, but with trial 0 a cheaper
   recipe than AIMET's, ``bnf > cle > scheme(tf_enhanced/tf_enhanced) > adaround`` (one scheme
   instead of five evaluated candidates), enqueued in place of the replay;
-* ``search-noreplay``: the search without the replayed trial 0.
+* ``search-noreplay``: the search without the replayed trial 0;
+* ``search@<tpe>``: the search with a TPE sampler set up as ``<tpe>`` says (issue 13 point 8): dot-separated
+  tokens ``s<N>`` (``n_startup_trials``), ``mv`` (multivariate), ``g`` (group, needs ``mv``), ``cl``
+  (constant liar), e.g. ``search@s4.mv.g.cl`` (the shipped setup) or ``search@s10`` (independent TPE).
 
 Printed per strategy: how many seeds met the target, and eval calls / wall seconds (from the start of
 ``optimize``) until the first trial that met it (median and range over the seeds that met it), plus
@@ -32,6 +35,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,23 @@ CASES = {
 EVAL_SIZES = {"digits": 797, "fmnist": 10_000}  # samples of the full evaluation (eval-equivalents)
 
 
+def tpe_sampler(spec: str, seed: int) -> optuna.samplers.TPESampler:
+    """A TPE sampler from ``s<N>.mv.g.cl``-style tokens (see the module docstring)."""
+    kwargs: dict[str, Any] = {"multivariate": False, "group": False, "constant_liar": False}
+    for token in [t for t in spec.split(".") if t]:
+        if token.startswith("s") and token[1:].isdigit():
+            kwargs["n_startup_trials"] = int(token[1:])
+        elif token in ("mv", "g", "cl"):
+            kwargs[{"mv": "multivariate", "g": "group", "cl": "constant_liar"}[token]] = True
+        else:
+            raise SystemExit(f"unknown TPE token {token!r} in {spec!r}: use s<N>, mv, g, cl (e.g. s4.mv.g.cl)")
+    if kwargs["group"] and not kwargs["multivariate"]:
+        raise SystemExit(f"TPE setup {spec!r}: 'g' (group) needs 'mv' (multivariate)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, **kwargs)
+
+
 def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import aq_search
     from aq_search import AdaRoundParams, AutoQuant
@@ -68,6 +89,7 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         space["replay_reference"] = False
     elif strategy in ("search-noreplay", "fast-first"):
         space["replay_reference"] = False
+    sampler = tpe_sampler(strategy.partition("@")[2], seed) if strategy.startswith("search@") else None
     space["max_trials"] = max(int(space.get("max_trials", 20)), args.budget)
     log: list[dict[str, Any]] = []
     t0: list[float | None] = [None]
@@ -95,6 +117,7 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         per_channel=args.per_channel,
         adaround_params=adaround,
         eval_size=EVAL_SIZES[args.case],
+        sampler=sampler,
     )
     if strategy == "fast-first":
         # enqueue the cheap first trial in the study AutoQuant will open (same storage and default name)
@@ -183,7 +206,7 @@ def main() -> None:
     ap.add_argument(
         "--strategies",
         default="reference,search,random,fast-first",
-        help="reference, search, random, fast-first, search-noreplay",
+        help="reference, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s4.mv.g.cl)",
     )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--space", default="default")

@@ -19,6 +19,7 @@ from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..quantsim import QuantSim, prepare_model
 from ..quantsim._quantizer import check_bitwidth
 from ..targets import TargetProfile, constrain_space, get_target
+from ._aimet_flow import FLOW_ATTR, aimet_adaround, aimet_attrs, aimet_flow_pipeline
 from ._arguments import _PARAMETER_CONSTRAINTS, check_allowed_drop, check_study, materialize
 from ._budget import Budget, check_max_relative_bops
 from ._counting import CountingEval
@@ -402,6 +403,8 @@ class AutoQuant:
             params = self._reference_params(orderings)
             if params is not None:
                 attrs = self._reference_attrs(params, orderings, ctx)
+                if self.space.replay_reference == "aimet":  # AIMET's own flow (see _aimet_flow.py)
+                    attrs.update(aimet_attrs(params, orderings, self._adaround_params, self.param_bw, ctx))
                 if cheap is not None:
                     attrs["reference_differences"].append(
                         "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"
@@ -491,9 +494,11 @@ class AutoQuant:
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
+        aimet = trial.user_attrs.get(FLOW_ATTR) == "aimet"
         if trial.user_attrs.get("reference_recipe"):  # AIMET's recipe with the user's or AIMET's AdaRound
-            fixed = dataclasses.replace(fixed, adaround=reference_adaround(self._adaround_params, self.param_bw, ctx.calibration))
-        return suggest_pipeline(
+            ada = (aimet_adaround if aimet else reference_adaround)(self._adaround_params, self.param_bw, ctx.calibration)
+            fixed = dataclasses.replace(fixed, adaround=ada)
+        pipeline = suggest_pipeline(
             trial,
             self.space,
             param_bw=self.param_bw,
@@ -501,12 +506,14 @@ class AutoQuant:
             num_batches_available=len(ctx.calibration),
             fixed=fixed,
         )
+        return aimet_flow_pipeline(pipeline, self.param_bw, self.output_bw) if aimet else pipeline
 
     def _replay(self, trial: optuna.trial.FrozenTrial, ctx: RunContext) -> PipelineRun:
         """Rebuild a finished trial's model from its parameters (the same define-by-run function)."""
         fixed_trial = optuna.trial.FixedTrial(trial.params, number=trial.number)
-        if trial.user_attrs.get("reference_recipe"):
-            fixed_trial.set_user_attr("reference_recipe", True)
+        for attr in ("reference_recipe", FLOW_ATTR):
+            if trial.user_attrs.get(attr):
+                fixed_trial.set_user_attr(attr, trial.user_attrs[attr])
         pipeline = self._pipeline_for(fixed_trial, ctx)
         stages = int(trial.user_attrs.get("stages_applied", len(pipeline.stages)))
         pipeline = Pipeline(pipeline.stages[:stages])
