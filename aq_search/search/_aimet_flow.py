@@ -58,7 +58,7 @@ AIMET_SCHEME_CANDIDATES = (
 
 def aimet_candidates(param_bw: int, output_bw: int) -> tuple[str, ...]:
     """AIMET's candidates for these bit-widths: 16-bit (or wider) weights/activations keep only ``tf``."""
-    pairs = AIMET_SCHEME_CANDIDATES
+    pairs: tuple[str, ...] = AIMET_SCHEME_CANDIDATES
     if param_bw >= 16:
         pairs = tuple(p for p in pairs if p.split("/")[0] == "tf")
     if output_bw >= 16:
