@@ -148,9 +148,8 @@ def w32_check(ctx: RunContext, pipeline: Pipeline, index: int, result: StageResu
     sim.compute_encodings(ctx.feed)
     score = float(ctx.evaluate(sim.model, None))
     exit_ = score < ctx.target
-    note = (
-        f"W32A{ctx.output_bw} ({pair.split('/')[1]}) scored {score:.4f}"
-        + (f" < target {ctx.target:.4f}: AIMET's early exit, the trial stops here" if exit_ else "")
+    note = f"W32A{ctx.output_bw} ({pair.split('/')[1]}) scored {score:.4f}" + (
+        f" < target {ctx.target:.4f}: AIMET's early exit, the trial stops here" if exit_ else ""
     )
     logger.info("reference (AIMET flow): %s", note)
     return {"w32_score": score, "early_exit": exit_, "note": note}

@@ -35,6 +35,7 @@ from ._pipeline import (
 )
 from ._reference import cheap_first_params, reference_adaround, reference_differences, reference_params
 from ._result import AutoQuantResult, finish
+from ._schedule_budget import TimeBudgetScheduler
 from ._space import SearchSpace, load_search_space
 from ._storage import check_storage_spec, fail_dead_local_trials, make_storage, storage_label
 from ._study import open_study
@@ -465,6 +466,9 @@ class AutoQuant:
         if n_trials is None:  # the space's max_trials bounds the whole study, however many workers share it
             states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             callbacks.append(optuna.study.MaxTrialsCallback(self.space.max_trials, states=states))
+        if timeout is not None:  # spend the time budget by expected gain per second (see _schedule_budget.py)
+            orderings = usable_orderings(self.space, self.param_bw, self.output_bw, self._fixed())
+            callbacks.append(TimeBudgetScheduler(orderings, timeout, n_trials=budget))
         if target_met_by(study) is None and budget > 0:
             try:
                 study.optimize(

@@ -72,5 +72,5 @@ def test_candidates_follow_aimets_16_bit_filter() -> None:
 def test_replay_reference_key_accepts_aimet_and_rejects_other_strings() -> None:
     assert load_search_space(_space()).replay_reference == "aimet"
     assert load_search_space(_space(True)).replay_reference is True
-    with pytest.raises(SearchSpaceError, match="replay_reference.*'aimet'"):
+    with pytest.raises(SearchSpaceError, match=r"replay_reference.*'aimet'"):
         load_search_space(_space("yes"))
