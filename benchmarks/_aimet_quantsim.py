@@ -131,7 +131,8 @@ def main() -> int:
                 per_layer: dict[str, dict[str, Any]] = {}
                 for lname in weighted:
                     qm = sim.model.get_submodule(lname)
-                    q = getattr(qm, "param_quantizers", {}).get("weight") if hasattr(qm, "param_quantizers") else None
+                    pq = getattr(qm, "param_quantizers", None)
+                    q = pq["weight"] if pq is not None and "weight" in pq else None
                     if q is None:
                         continue
                     with torch.no_grad():
