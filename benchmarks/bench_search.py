@@ -5,6 +5,8 @@ each strategy runs as a fresh study (new results folder, empty caches), for seve
 
 * ``reference``: AIMET's recipe replayed by aq-search, alone (the study's trial 0 only: scheme
   selection > BN fold > CLE > AdaRound, stopping at the first stage that meets the target);
+* ``reference-aimet``: the same, with ``replay_reference: aimet`` (AIMET's own flow: one full eval per
+  AIMET scheme pair, the W32 early exit, full evaluations, AdaRound to the last iteration);
 * ``search``: the search space as shipped (TPE, the cheap-first schedule enqueued as trial 0 and the
   reference recipe as trial 1, pruning);
 * ``random``: plain random sampling over the same space (``sampler: random``, no replayed trial 0),
@@ -80,10 +82,12 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
 
     space = aq_search.load_search_space(args.space).to_dict()
     n_trials: int | None = args.budget
-    if strategy == "reference":
+    if strategy in ("reference", "reference-aimet"):
         n_trials = 1  # AIMET's recipe alone: without the cheap-first orderings it is the first trial enqueued
         cheap = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
         space["orderings"] = [o for o in space["orderings"] if o not in cheap]
+        if strategy == "reference-aimet":
+            space["replay_reference"] = "aimet"  # AIMET AutoQuant's own flow (see aq_search/search/_aimet_flow.py)
     elif strategy == "random":
         space["sampler"] = "random"
         space["replay_reference"] = False
@@ -159,6 +163,7 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
                 "seconds": log[cumulative - 1]["t_end"] if cumulative <= len(log) else None,
                 "pipeline": t.user_attrs.get("pipeline_applied"),
             }
+    first = res.study.trials[0].user_attrs if res.study.trials else {}
     shutil.rmtree(results_dir, ignore_errors=True)
     return {
         "strategy": strategy,
@@ -174,6 +179,9 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         "wall_s": wall,
         "reach": reach,
         "pipeline": str(res.pipeline),
+        "reference_flow": first.get("reference_flow"),
+        "reference_early_exit": first.get("reference_early_exit"),
+        "reference_w32": first.get("reference_w32"),
     }
 
 
@@ -206,7 +214,7 @@ def main() -> None:
     ap.add_argument(
         "--strategies",
         default="reference,search,random,fast-first",
-        help="reference, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s4.mv.g.cl)",
+        help="reference, reference-aimet, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s4.mv.g.cl)",
     )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--space", default="default")
@@ -246,7 +254,9 @@ def main() -> None:
                 f"[bench_search] {strategy:15} seed {seed}: met {r['target_met']} acc {r['accuracy']:.4f} "
                 f"(target {r['target']:.4f}); to target: "
                 + ("-" if reach is None else f"{reach['eval_calls']} calls, {reach['seconds']:.1f} s, trial {reach['trial']}")
-                + f"; total {r['trials']} trials, {r['eval_calls']} calls, {r['wall_s']:.1f} s; {r['pipeline']}",
+                + f"; total {r['trials']} trials, {r['eval_calls']} calls, {r['wall_s']:.1f} s; {r['pipeline']}"
+                + (f"; reference flow {r['reference_flow']}" if r.get("reference_flow") else "")
+                + (f"; {r['reference_early_exit']}" if r.get("reference_early_exit") else ""),
                 flush=True,
             )
     fp32, target = runs[0]["fp32"], runs[0]["target"]
