@@ -5,6 +5,8 @@ each strategy runs as a fresh study (new results folder, empty caches), for seve
 
 * ``reference``: AIMET's recipe replayed by aq-search, alone (the study's trial 0 only: scheme
   selection > BN fold > CLE > AdaRound, stopping at the first stage that meets the target);
+* ``reference-aimet``: the same, with ``replay_reference: aimet`` (AIMET's own flow: one full eval per
+  AIMET scheme pair, the W32 early exit, full evaluations, AdaRound to the last iteration);
 * ``search``: the search space as shipped (TPE, the cheap-first schedule enqueued as trial 0 and the
   reference recipe as trial 1, pruning);
 * ``random``: plain random sampling over the same space (``sampler: random``, no replayed trial 0),
@@ -12,7 +14,10 @@ each strategy runs as a fresh study (new results folder, empty caches), for seve
 * ``fast-first`` (a proposal, not what the space does today): the search, but with trial 0 a cheaper
   recipe than AIMET's, ``bnf > cle > scheme(tf_enhanced/tf_enhanced) > adaround`` (one scheme
   instead of five evaluated candidates), enqueued in place of the replay;
-* ``search-noreplay``: the search without the replayed trial 0.
+* ``search-noreplay``: the search without the replayed trial 0;
+* ``search@<tpe>``: the search with a TPE sampler set up as ``<tpe>`` says (issue 13 point 8): dot-separated
+  tokens ``s<N>`` (``n_startup_trials``), ``mv`` (multivariate), ``g`` (group, needs ``mv``), ``cl``
+  (constant liar), e.g. ``search@s4.mv.g.cl`` (the shipped setup) or ``search@s10`` (independent TPE).
 
 Printed per strategy: how many seeds met the target, and eval calls / wall seconds (from the start of
 ``optimize``) until the first trial that met it (median and range over the seeds that met it), plus
@@ -32,6 +37,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +59,41 @@ CASES = {
 EVAL_SIZES = {"digits": 797, "fmnist": 10_000}  # samples of the full evaluation (eval-equivalents)
 
 
+def tpe_sampler(spec: str, seed: int) -> optuna.samplers.TPESampler:
+    """A TPE sampler from ``s<N>.mv.g.cl``-style tokens (see the module docstring)."""
+    kwargs: dict[str, Any] = {"multivariate": False, "group": False, "constant_liar": False}
+    for token in [t for t in spec.split(".") if t]:
+        if token.startswith("s") and token[1:].isdigit():
+            kwargs["n_startup_trials"] = int(token[1:])
+        elif token in ("mv", "g", "cl"):
+            kwargs[{"mv": "multivariate", "g": "group", "cl": "constant_liar"}[token]] = True
+        else:
+            raise SystemExit(f"unknown TPE token {token!r} in {spec!r}: use s<N>, mv, g, cl (e.g. s4.mv.g.cl)")
+    if kwargs["group"] and not kwargs["multivariate"]:
+        raise SystemExit(f"TPE setup {spec!r}: 'g' (group) needs 'mv' (multivariate)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, **kwargs)
+
+
 def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     import aq_search
     from aq_search import AdaRoundParams, AutoQuant
 
     space = aq_search.load_search_space(args.space).to_dict()
     n_trials: int | None = args.budget
-    if strategy == "reference":
+    if strategy in ("reference", "reference-aimet"):
         n_trials = 1  # AIMET's recipe alone: without the cheap-first orderings it is the first trial enqueued
         cheap = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
         space["orderings"] = [o for o in space["orderings"] if o not in cheap]
+        if strategy == "reference-aimet":
+            space["replay_reference"] = "aimet"  # AIMET AutoQuant's own flow (see aq_search/search/_aimet_flow.py)
     elif strategy == "random":
         space["sampler"] = "random"
         space["replay_reference"] = False
     elif strategy in ("search-noreplay", "fast-first"):
         space["replay_reference"] = False
+    sampler = tpe_sampler(strategy.partition("@")[2], seed) if strategy.startswith("search@") else None
     space["max_trials"] = max(int(space.get("max_trials", 20)), args.budget)
     log: list[dict[str, Any]] = []
     t0: list[float | None] = [None]
@@ -95,6 +121,7 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         per_channel=args.per_channel,
         adaround_params=adaround,
         eval_size=EVAL_SIZES[args.case],
+        sampler=sampler,
     )
     if strategy == "fast-first":
         # enqueue the cheap first trial in the study AutoQuant will open (same storage and default name)
@@ -136,6 +163,7 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
                 "seconds": log[cumulative - 1]["t_end"] if cumulative <= len(log) else None,
                 "pipeline": t.user_attrs.get("pipeline_applied"),
             }
+    first = res.study.trials[0].user_attrs if res.study.trials else {}
     shutil.rmtree(results_dir, ignore_errors=True)
     return {
         "strategy": strategy,
@@ -151,6 +179,9 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         "wall_s": wall,
         "reach": reach,
         "pipeline": str(res.pipeline),
+        "reference_flow": first.get("reference_flow"),
+        "reference_early_exit": first.get("reference_early_exit"),
+        "reference_w32": first.get("reference_w32"),
     }
 
 
@@ -183,7 +214,7 @@ def main() -> None:
     ap.add_argument(
         "--strategies",
         default="reference,search,random,fast-first",
-        help="reference, search, random, fast-first, search-noreplay",
+        help="reference, reference-aimet, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s4.mv.g.cl)",
     )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--space", default="default")
@@ -223,7 +254,9 @@ def main() -> None:
                 f"[bench_search] {strategy:15} seed {seed}: met {r['target_met']} acc {r['accuracy']:.4f} "
                 f"(target {r['target']:.4f}); to target: "
                 + ("-" if reach is None else f"{reach['eval_calls']} calls, {reach['seconds']:.1f} s, trial {reach['trial']}")
-                + f"; total {r['trials']} trials, {r['eval_calls']} calls, {r['wall_s']:.1f} s; {r['pipeline']}",
+                + f"; total {r['trials']} trials, {r['eval_calls']} calls, {r['wall_s']:.1f} s; {r['pipeline']}"
+                + (f"; reference flow {r['reference_flow']}" if r.get("reference_flow") else "")
+                + (f"; {r['reference_early_exit']}" if r.get("reference_early_exit") else ""),
                 flush=True,
             )
     fp32, target = runs[0]["fp32"], runs[0]["target"]

@@ -17,6 +17,7 @@ from .._data import check_batch_fits
 from .._errors import AQSearchError, EvalCallbackError, InvalidInputError
 from ..quantsim import QuantSim, prepare_model
 from ..targets import TargetProfile, constrain_space, get_target
+from ._aimet_flow import FLOW_ATTR, aimet_adaround, aimet_flow_pipeline
 from ._arguments import check_allowed_drop, check_arguments, check_study, materialize
 from ._budget import Budget
 from ._counting import CountingEval
@@ -32,6 +33,7 @@ from ._pipeline import (
 )
 from ._reference import enqueue_reference_trials, reference_adaround, reference_differences, reference_params
 from ._result import AutoQuantResult, finish
+from ._schedule_budget import TimeBudgetScheduler
 from ._space import SearchSpace, load_search_space
 from ._storage import fail_dead_local_trials, make_storage, storage_label
 from ._study import open_study
@@ -431,6 +433,9 @@ class AutoQuant:
         if n_trials is None:  # the space's max_trials bounds the whole study, however many workers share it
             states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             callbacks.append(optuna.study.MaxTrialsCallback(self.space.max_trials, states=states))
+        if timeout is not None:  # spend the time budget by expected gain per second (see _schedule_budget.py)
+            orderings = usable_orderings(self.space, self.param_bw, self.output_bw, self._fixed())
+            callbacks.append(TimeBudgetScheduler(orderings, timeout, n_trials=budget))
         if target_met_by(study) is None and budget > 0:
             try:
                 study.optimize(
@@ -460,9 +465,11 @@ class AutoQuant:
 
     def _pipeline_for(self, trial: optuna.trial.BaseTrial, ctx: RunContext) -> Pipeline:
         fixed = self._fixed()
+        aimet = trial.user_attrs.get(FLOW_ATTR) == "aimet"
         if trial.user_attrs.get("reference_recipe"):  # AIMET's recipe with the user's or AIMET's AdaRound
-            fixed = dataclasses.replace(fixed, adaround=reference_adaround(self._adaround_params, self.param_bw, ctx.calibration))
-        return suggest_pipeline(
+            ada = (aimet_adaround if aimet else reference_adaround)(self._adaround_params, self.param_bw, ctx.calibration)
+            fixed = dataclasses.replace(fixed, adaround=ada)
+        pipeline = suggest_pipeline(
             trial,
             self.space,
             param_bw=self.param_bw,
@@ -470,12 +477,14 @@ class AutoQuant:
             num_batches_available=len(ctx.calibration),
             fixed=fixed,
         )
+        return aimet_flow_pipeline(pipeline, self.param_bw, self.output_bw) if aimet else pipeline
 
     def _replay(self, trial: optuna.trial.FrozenTrial, ctx: RunContext) -> PipelineRun:
         """Rebuild a finished trial's model from its parameters (the same define-by-run function)."""
         fixed_trial = optuna.trial.FixedTrial(trial.params, number=trial.number)
-        if trial.user_attrs.get("reference_recipe"):
-            fixed_trial.set_user_attr("reference_recipe", True)
+        for attr in ("reference_recipe", FLOW_ATTR):
+            if trial.user_attrs.get(attr):
+                fixed_trial.set_user_attr(attr, trial.user_attrs[attr])
         pipeline = self._pipeline_for(fixed_trial, ctx)
         stages = int(trial.user_attrs.get("stages_applied", len(pipeline.stages)))
         pipeline = Pipeline(pipeline.stages[:stages])

@@ -7,6 +7,7 @@ same object.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from .._errors import AQSearchError, EvalCallbackError
 from .._side_effects import guarded
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
+from ._aimet_flow import FLOW_ATTR, aimet_after_stage, full_evaluations
 from ._budget import layer_bits
 from ._counting import CountingEval
 from ._observers import trial_callbacks
@@ -159,11 +161,14 @@ class TrialObjective:
         specs = registered_techniques()
         trial.set_user_attr("stage_cost_classes", [specs[stage.key].cost for stage in pipeline.stages])
         seen: list[StageResult] = []
+        aimet = trial.user_attrs.get(FLOW_ATTR) == "aimet"  # the reference trial runs AIMET's own flow
 
         def on_stage(index: int, result: StageResult) -> bool:
             seen.append(result)
             record(seen)
             trial.report(result.score, step=index)
+            if aimet and (decided := aimet_after_stage(trial, ctx, pipeline, index, result)) is not None:
+                return decided  # AIMET's own flow: the W32 check and its early exit (see _aimet_flow.py)
             if result.num_samples is None and result.score >= ctx.target and result.within_budget:
                 return True  # target met within the cost budget: finish with the stages applied so far
             if target_met_by(study) is not None:
@@ -175,7 +180,8 @@ class TrialObjective:
             return False
 
         try:
-            run = run_pipeline(ctx, pipeline, on_stage)
+            with full_evaluations(ctx) if aimet else contextlib.nullcontext():
+                run = run_pipeline(ctx, pipeline, on_stage)
         except StageError as err:
             trial.set_user_attr("error", str(err))
             record(seen)

@@ -156,6 +156,10 @@ def enqueue_reference_trials(aq: Any, study: Any, orderings: Sequence[str], ctx:
     params = aq._reference_params(orderings)
     if params is not None:
         attrs = aq._reference_attrs(params, orderings, ctx)
+        if aq.space.replay_reference == "aimet":  # AIMET's own flow (see _aimet_flow.py)
+            from ._aimet_flow import aimet_attrs  # here: _aimet_flow imports this module
+
+            attrs.update(aimet_attrs(params, orderings, aq._adaround_params, aq.param_bw, ctx))
         if cheap is not None:
             attrs["reference_differences"].append(
                 "runs after the cheap-first trial 0, only when that trial missed the target (AIMET runs it first)"

@@ -86,7 +86,7 @@ class SearchSpace:
     max_trials: int = 30
     n_startup_trials: int = 4
     intermediate_num_samples: int | None = None
-    replay_reference: bool = True
+    replay_reference: bool | str = True  # True, False or "aimet" (AIMET's own flow, see _aimet_flow.py)
     max_relative_bops: float = 1.5
     description: str = ""
     source: str = "<dict>"
@@ -194,8 +194,8 @@ def _parse(data: Any, source: str) -> SearchSpace:
         return v
 
     replay = top.get("replay_reference", True)
-    if not isinstance(replay, bool):
-        raise where.error("replay_reference", f"must be true or false. Got {replay!r} instead.")
+    if not isinstance(replay, bool) and replay != "aimet":
+        raise where.error("replay_reference", f"must be true, false or 'aimet'. Got {replay!r} instead.")
     max_bops = top.get("max_relative_bops", 1.5)
     if isinstance(max_bops, bool) or not isinstance(max_bops, (int, float)) or not max_bops >= 1.0 or max_bops == float("inf"):
         raise where.error("max_relative_bops", f"must be a number >= 1. Got {max_bops!r} instead.")
