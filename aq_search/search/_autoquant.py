@@ -22,12 +22,14 @@ from ..targets import TargetProfile, constrain_space, get_target
 from ._arguments import _PARAMETER_CONSTRAINTS, check_allowed_drop, check_study, materialize
 from ._budget import Budget, check_max_relative_bops
 from ._counting import CountingEval
+from ._effort import subset_or_full
 from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within
 from ._pipeline import (
     Fixed,
     Pipeline,
     PipelineRun,
     RunContext,
+    amp_candidate_sets,
     run_pipeline,
     suggest_pipeline,
     usable_orderings,
@@ -289,7 +291,7 @@ class AutoQuant:
             default_per_channel=self.per_channel if self.per_channel is not None else True,
             activation_symmetric=self.deployment_target.activation_symmetric,
             forward_fn=self.forward_fn,
-            intermediate_num_samples=self.space.intermediate_num_samples,
+            intermediate_num_samples=subset_or_full(self.space.intermediate_num_samples, self.eval_size),
             adaround_cache=AdaRoundCache(self.results_dir / "cache" / "adaround"),
             seed=self.seed or 0,
             leaf_modules=self.leaf_modules,
@@ -396,7 +398,12 @@ class AutoQuant:
         opened = self._open_study(ctx, self._allowed_drop)
         if self.space.replay_reference and not opened.trials:
             # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
-            cheap = cheap_first_params(self.space, orderings, self.per_channel)
+            cheap = cheap_first_params(
+                self.space,
+                orderings,
+                self.per_channel,
+                amp_sets=amp_candidate_sets(self.space, self.param_bw, self.output_bw, self._fixed()),
+            )
             if cheap is not None:
                 opened.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
             params = self._reference_params(orderings)
