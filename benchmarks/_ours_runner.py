@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "torch_threads": torch.get_num_threads(),
         }
-        model, dummy_input, calib, eval_fn, _ = load_case(job["case"], job.get("case_kwargs", {}), base_dirs)
+        model, dummy_input, calib, eval_fn, built = load_case(job["case"], job.get("case_kwargs", {}), base_dirs)
+        meta = dict(built.get("meta") or {}) if isinstance(built, dict) else {}
+        eval_size = meta.get("eval_images", meta.get("n_test"))  # subset calls count as num_samples / eval_size
         model.eval()
         result["fp32_accuracy"] = float(eval_fn(model, None))
         t_opt0: list[float | None] = [None]
@@ -171,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             quant_scheme=ours.get("quant_scheme", "tf_enhanced"),
             per_channel=None if per_channel is None else bool(per_channel),
             adaround_params=adaround_params,
+            eval_size=None if eval_size is None else int(eval_size),
         )
+        result["eval_size"] = eval_size
         result["rss_before_autoquant_mib"] = _rss_mib()
         t_opt0[0] = time.perf_counter()
         try:
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         result["pipeline"] = str(res.pipeline)
         result["n_trials"] = int(res.n_trials)
         result["n_eval_calls_reported"] = int(res.n_eval_calls)
+        result["eval_equivalents"] = float(res.n_eval_equivalents)
         result["best_trial"] = int(res.best_trial)
         result["message"] = res.message
         cumulative = int(res.study.user_attrs.get("fp32_eval_calls", 1))
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pipeline": t.user_attrs.get("pipeline_applied") or t.user_attrs.get("pipeline"),
                     "reference_recipe": bool(t.user_attrs.get("reference_recipe", False)),
                     "eval_calls": calls,
+                    "eval_equivalents": t.user_attrs.get("eval_equivalents"),
                     "eval_calls_cumulative": cumulative,
                     "wall_seconds": t.user_attrs.get("wall_seconds"),
                     "stage_scores": t.user_attrs.get("stage_scores"),

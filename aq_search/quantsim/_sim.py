@@ -329,18 +329,29 @@ class QuantSim:
         activation_scheme: str | RangeEstimator | None = None,
         percentile: float | None = None,
     ) -> None:
-        """Switch range setting; encodings are recomputed from the stored statistics (no new calibration)."""
+        """Switch range setting; encodings are recomputed from the stored statistics (no new calibration).
+
+        Only the side whose scheme changes is recomputed: asking for the scheme a side already has keeps its
+        encodings (weight ranges by ``tf_enhanced`` search every channel, which is slow on large models).
+        """
+        params_changed = acts_changed = False
         if param_scheme is not None:
-            self._param_estimator = make_range_estimator(param_scheme, percentile)
+            estimator = make_range_estimator(param_scheme, percentile)
+            params_changed = any(q.estimator != estimator for q in self._param.values())
+            self._param_estimator = estimator
             for q in self._param.values():
                 q.set_estimator(self._param_estimator)
         if activation_scheme is not None:
-            self._act_estimator = make_range_estimator(activation_scheme, percentile)
+            estimator = make_range_estimator(activation_scheme, percentile)
+            acts_changed = any(q.estimator != estimator for q in self._activation.values())
+            self._act_estimator = estimator
             for q in self._activation.values():
                 q.set_estimator(self._act_estimator)
         if self._encoded:
-            self._compute_activation_encodings()
-            self.compute_param_encodings()
+            if acts_changed:
+                self._compute_activation_encodings()
+            if params_changed:
+                self.compute_param_encodings()
 
     @property
     def param_quant_scheme(self) -> RangeEstimator:

@@ -15,6 +15,7 @@ from typing import Any
 from ..quantsim import QuantSim
 from ..techniques._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
 from ._context import RunContext, StageState
+from ._escape_stage import escape_hatch_applies, lift_stage
 from ._params import Choice, ParamSpec, Where, mapping, param
 
 __all__ = ["AmpSpace", "amp_stage", "candidate_sets", "replay_amp"]
@@ -112,6 +113,10 @@ def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | 
     budget = ctx.budget
     limit = None if budget is None else (budget.requested, budget.max_relative_bops)
     full_phase2 = getattr(config, "num_samples_for_phase_2", None) is None
+    if escape_hatch_applies(sim, config, limit):
+        amp_result = lift_stage(ctx, sim, config, limit, input_score if full_phase2 else None)
+        kept = " (kept the input: no lift scored higher)" if amp_result.message.startswith("Kept the input") else ""
+        return sim, amp_result, f"lifted within the budget: {amp_result.message}{kept}"
     amp_result = apply_mixed_precision(
         sim,
         config,

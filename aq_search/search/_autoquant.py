@@ -21,6 +21,7 @@ from ._aimet_flow import FLOW_ATTR, aimet_adaround, aimet_flow_pipeline
 from ._arguments import check_allowed_drop, check_arguments, check_study, materialize
 from ._budget import Budget
 from ._counting import CountingEval
+from ._effort import subset_or_full
 from ._objective import TARGET_ATTR, TrialObjective, target_met_by, within
 from ._pipeline import (
     Fixed,
@@ -271,7 +272,7 @@ class AutoQuant:
             default_per_channel=self.per_channel if self.per_channel is not None else True,
             activation_symmetric=self.deployment_target.activation_symmetric,
             forward_fn=self.forward_fn,
-            intermediate_num_samples=self.space.intermediate_num_samples,
+            intermediate_num_samples=subset_or_full(self.space.intermediate_num_samples, self.eval_size),
             adaround_cache=AdaRoundCache(self.results_dir / "cache" / "adaround"),
             seed=self.seed or 0,
             leaf_modules=self.leaf_modules,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ._pipeline import amp_candidate_sets
 from ._schedule import ADAROUND_PATIENCE
 from ._space import Choice, IntRange, SearchSpace
 
@@ -121,14 +122,19 @@ def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user
 _CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
 
 
-def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel: bool | None) -> dict[str, Any] | None:
+def cheap_first_params(
+    space: SearchSpace, orderings: Sequence[str], per_channel: bool | None, *, amp_sets: Sequence[Sequence[str]] = ()
+) -> dict[str, Any] | None:
     """The cost-aware schedule as trial 0: cheap stages and AMP first, AdaRound last (only if they miss).
 
     A trial stops at the first stage that meets the target within the budget, so AdaRound, the
     expensive stage, runs only where BN fold, CLE, the scheme and mixed precision could not get there;
-    AMP's sensitivity screen uses the fewest phase-1 samples the space allows. The AIMET reference
-    recipe runs after it (trial 1), so it costs nothing when this trial meets the target.
-    ``None`` when the space has no such ordering.
+    AMP's sensitivity screen uses the fewest phase-1 samples the space allows. CLE keeps the model's
+    function (ReLU6 replaced only where it does not clip, ``unclipped``, when the space offers it) and
+    absorbs high biases (AIMET's default); AMP takes the space's first candidate set (``amp_sets``, as
+    :func:`~aq_search.search._pipeline.amp_candidate_sets` fills them in), so trial 0 draws nothing at
+    random. The AIMET reference recipe runs after it (trial 1), so it costs nothing when this trial
+    meets the target. ``None`` when the space has no such ordering.
     """
     ordering = next((o for o in _CHEAP_FIRST if o in orderings), None)
     if ordering is None:
@@ -139,6 +145,14 @@ def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel
         params["scheme__candidate"] = "select"
     if per_channel is None and len(space.scheme.per_channel.values) > 1:
         params["scheme__per_channel"] = True
+    if "cle" in ordering:
+        relu6 = space.cle.replace_relu6.values
+        if len(relu6) > 1:
+            params["cle__replace_relu6"] = "unclipped" if "unclipped" in relu6 else relu6[0]
+        if len(space.cle.high_bias_absorption.values) > 1:
+            params["cle__high_bias_absorption"] = True
+    if len(amp_sets) > 1:
+        params["amp__candidates"] = "/".join(amp_sets[0])
     phase1 = space.amp.num_samples_for_phase_1
     if isinstance(phase1, Choice) and len(phase1.values) > 1:
         params["amp__num_samples_for_phase_1"] = min(phase1.values)  # the cheapest sensitivity screen
@@ -150,7 +164,12 @@ def cheap_first_params(space: SearchSpace, orderings: Sequence[str], per_channel
 def enqueue_reference_trials(aq: Any, study: Any, orderings: Sequence[str], ctx: Any) -> None:
     """Enqueue the cheap-first trial (0) and AIMET's recipe (1) in a new study, as far as the space has them."""
     # cheap first (trial 0): the reference recipe's expensive AdaRound runs (trial 1) only when it misses
-    cheap = cheap_first_params(aq.space, orderings, aq.per_channel)
+    cheap = cheap_first_params(
+        aq.space,
+        orderings,
+        aq.per_channel,
+        amp_sets=amp_candidate_sets(aq.space, aq.param_bw, aq.output_bw, aq._fixed()),
+    )
     if cheap is not None:
         study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)
     params = aq._reference_params(orderings)

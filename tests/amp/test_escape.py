@@ -1,0 +1,161 @@
+"""The escape hatch (``lift_precision``): lift the weights of the layer that hurts, in a few evaluations.
+
+The model is built so that one layer's weights need 16 bits: every output channel of ``hurt`` has one
+huge weight on an input that is always zero, so per-channel 8-bit rounding flattens the small weights
+that carry the signal, while 16 bits keep them. Every other layer quantizes well at 8 bits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aq_search import AdaRoundParams, QuantSim
+from aq_search.amp import parse_candidate
+from aq_search.amp._escape import is_lift, lift_precision, lifts_pay
+from aq_search.techniques import apply_adaround
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.first = nn.Linear(16, 64)
+        self.hurt = nn.Linear(64, 16)
+        self.third = nn.Linear(16, 64)
+        self.last = nn.Linear(64, 10)
+        with torch.no_grad():
+            for layer in (self.first, self.hurt, self.third, self.last):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
+                layer.bias.zero_()
+            self.first.weight[0].zero_()  # feature 0 of `first`'s output is always 0 (relu(0) = 0) ...
+            self.hurt.weight[:, 0] = 500.0  # ... and `hurt` weighs it with an outlier that sets its 8-bit scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.first(x))
+        x = torch.relu(self.hurt(x))
+        x = torch.relu(self.third(x))
+        return self.last(x)
+
+
+def _setup(param_bw: int = 8) -> tuple[nn.Module, QuantSim, list[torch.Tensor], torch.Tensor]:
+    torch.manual_seed(0)
+    model = _Net().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(32, 16, generator=g) for _ in range(2)]
+    x_eval = torch.randn(256, 16, generator=g)
+    sim = QuantSim(model, calib[0], default_param_bw=param_bw, default_output_bw=8, per_channel=True)
+    sim.compute_encodings(lambda m: [m(x) for x in calib])
+    return model, sim, calib, x_eval
+
+
+def _agreement(model: nn.Module, x_eval: torch.Tensor):
+    with torch.no_grad():
+        reference = model(x_eval).argmax(1)
+    calls: list[int | None] = []
+
+    def evaluate(m: nn.Module, num_samples: int | None = None) -> float:
+        calls.append(num_samples)
+        n = len(x_eval) if num_samples is None else num_samples
+        with torch.no_grad():
+            return float((m(x_eval[:n]).argmax(1) == reference[:n]).float().mean())
+
+    return evaluate, calls
+
+
+def _param_bits(sim: QuantSim) -> dict[str, int]:
+    return {layer: sim.param_quantizer(layer).bitwidth for layer in sim.quantized_layers}
+
+
+def test_lift_raises_the_weights_of_the_layer_that_hurts_within_budget_in_few_evals() -> None:
+    model, sim, calib, x_eval = _setup()
+    evaluate, calls = _agreement(model, x_eval)
+    before = evaluate(sim.model)
+    calls.clear()
+    assert before < 0.8  # the structural defect: 8-bit weights of `hurt` lose the signal
+    result = lift_precision(
+        sim,
+        ["w8a8", "w16a8"],
+        eval_callback=evaluate,
+        target_accuracy=0.95,
+        probe_fn=lambda m: m(calib[0]),
+        budget=("w8a8", 1.5),
+        input_accuracy=before,
+        fp32_accuracy=1.0,
+    )
+    assert result.target_met and result.accuracy >= 0.95
+    assert result.config["hurt"] == "w16a8"
+    assert _param_bits(sim)["hurt"] == 16  # applied to the sim
+    assert 1 <= len(calls) <= 3 and result.n_eval_calls == len(calls)
+    assert result.sensitivity[0].group == "hurt"  # measured as the most harmful, without the eval callback
+    # within the budget: at most 1.5x the BOPs of all-w8a8 (relative_bops is relative to all-w16a8 = 2x)
+    assert result.relative_bops * 2.0 <= 1.5 + 1e-9
+
+
+def test_lift_keeps_adaround_rounding_of_layers_it_leaves_alone() -> None:
+    model, sim, calib, x_eval = _setup()
+    apply_adaround(sim, calib, AdaRoundParams(num_batches=2, num_iterations=5), seed=0)
+    rounded = {layer: sim.param_quantizer(layer).rounding for layer in sim.quantized_layers}
+    assert all(r is not None for r in rounded.values())
+    evaluate, _ = _agreement(model, x_eval)
+    result = lift_precision(
+        sim,
+        ["w8a8", "w16a8"],
+        eval_callback=evaluate,
+        target_accuracy=0.95,
+        probe_fn=lambda m: m(calib[0]),
+        budget=("w8a8", 1.5),
+        fp32_accuracy=1.0,
+    )
+    assert result.config["hurt"] == "w16a8"
+    for layer, r in rounded.items():
+        kept = sim.param_quantizer(layer).rounding
+        if result.config[layer] == "w8a8":
+            assert kept is not None and r is not None and torch.equal(kept, r)
+
+
+def test_lift_never_returns_below_its_input() -> None:
+    _, sim, calib, _ = _setup()
+    bits0 = _param_bits(sim)
+
+    def evaluate(m: nn.Module, num_samples: int | None = None) -> float:
+        return 0.9 if _param_bits(sim) == bits0 else 0.5  # every lift scores lower than the input
+
+    result = lift_precision(
+        sim,
+        ["w8a8", "w16a8"],
+        eval_callback=evaluate,
+        target_accuracy=0.95,
+        probe_fn=lambda m: m(calib[0]),
+        budget=("w8a8", 1.5),
+        input_accuracy=0.9,
+    )
+    assert result.message.startswith("Kept the input") and result.accuracy == 0.9
+    assert _param_bits(sim) == bits0 and set(result.config.values()) == {"w8a8"}
+
+
+def test_lifts_pay_only_when_the_all_highest_config_is_over_the_budget() -> None:
+    _, sim, _, _ = _setup()
+    assert lifts_pay(sim, ["w8a8", "w16a8"], ("w8a8", 1.5), "bops")  # all-w16a8 = 2x > 1.5x
+    assert not lifts_pay(sim, ["w8a8", "w16a8"], ("w8a8", 2.0), "bops")  # all-highest fits: top-down AMP
+    assert not lifts_pay(sim, ["w8a8", "w16a8"], None, "bops")
+    assert is_lift(parse_candidate("w16a8"), parse_candidate("w8a8"))
+    assert not is_lift(parse_candidate("w4a16"), parse_candidate("w8a8"))
+
+
+@pytest.mark.parametrize("max_evals", [0, -1])
+def test_lift_rejects_a_bad_max_evals(max_evals: int) -> None:
+    from aq_search._errors import InvalidInputError
+
+    model, sim, calib, x_eval = _setup()
+    evaluate, _ = _agreement(model, x_eval)
+    with pytest.raises(InvalidInputError, match="max_evals"):
+        lift_precision(
+            sim,
+            ["w8a8", "w16a8"],
+            eval_callback=evaluate,
+            target_accuracy=0.9,
+            probe_fn=lambda m: m(calib[0]),
+            max_evals=max_evals,
+        )
