@@ -19,7 +19,7 @@ import torch
 
 from ._pipeline import amp_candidate_sets
 from ._schedule import ADAROUND_PATIENCE
-from ._space import Choice, IntRange, SearchSpace
+from ._space import Choice, FloatRange, IntRange, SearchSpace
 
 __all__ = [
     "AIMET_ADAROUND",
@@ -123,7 +123,12 @@ _CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
 
 
 def cheap_first_params(
-    space: SearchSpace, orderings: Sequence[str], per_channel: bool | None, *, amp_sets: Sequence[Sequence[str]] = ()
+    space: SearchSpace,
+    orderings: Sequence[str],
+    per_channel: bool | None,
+    *,
+    amp_sets: Sequence[Sequence[str]] = (),
+    adaround_fixed: bool = False,
 ) -> dict[str, Any] | None:
     """The cost-aware schedule as trial 0: cheap stages and AMP first, AdaRound last (only if they miss).
 
@@ -133,8 +138,10 @@ def cheap_first_params(
     function (ReLU6 replaced only where it does not clip, ``unclipped``, when the space offers it) and
     absorbs high biases (AIMET's default); AMP takes the space's first candidate set (``amp_sets``, as
     :func:`~aq_search.search._pipeline.amp_candidate_sets` fills them in), so trial 0 draws nothing at
-    random. The AIMET reference recipe runs after it (trial 1), so it costs nothing when this trial
-    meets the target. ``None`` when the space has no such ordering.
+    random: its AdaRound (the last stage) takes AIMET's defaults clamped into the space's ranges, unless
+    the user fixed AdaRound's settings (``adaround_fixed``). The AIMET reference recipe runs after it
+    (trial 1), so it costs nothing when this trial meets the target. ``None`` when the space has no such
+    ordering.
     """
     ordering = next((o for o in _CHEAP_FIRST if o in orderings), None)
     if ordering is None:
@@ -158,6 +165,32 @@ def cheap_first_params(
         params["amp__num_samples_for_phase_1"] = min(phase1.values)  # the cheapest sensitivity screen
     elif isinstance(phase1, IntRange) and phase1.low < phase1.high:
         params["amp__num_samples_for_phase_1"] = phase1.low
+    if "adaround" in ordering and not adaround_fixed:
+        params.update(_aimet_adaround_params(space))
+    return params
+
+
+def _aimet_adaround_params(space: SearchSpace) -> dict[str, Any]:
+    """AIMET's AdaRound defaults as trial params, each clamped into the space's range (nothing drawn at random).
+
+    The iteration count is the most the space allows up to AIMET's; the search scales it by bit-width
+    and stops early on a flat reconstruction loss (``_schedule.py``).
+    """
+    aimet = {
+        "num_iterations": AIMET_ADAROUND["num_iterations_8bit"],
+        "reg_param": AIMET_ADAROUND["reg_param"],
+        "warm_start": AIMET_ADAROUND["warm_start"],
+        "beta_high": AIMET_ADAROUND["beta_range"][0],
+        "beta_low": AIMET_ADAROUND["beta_range"][1],
+    }
+    params: dict[str, Any] = {}
+    for name, value in aimet.items():
+        spec = space.adaround.get(name)
+        if isinstance(spec, (IntRange, FloatRange)) and spec.low < spec.high:
+            clamped = min(max(value, spec.low), spec.high)
+            params[f"adaround__{name}"] = int(clamped) if isinstance(spec, IntRange) else float(clamped)
+        elif isinstance(spec, Choice) and len(spec.values) > 1:
+            params[f"adaround__{name}"] = min(spec.values, key=lambda v: abs(float(v) - float(value)))
     return params
 
 
@@ -169,6 +202,7 @@ def enqueue_reference_trials(aq: Any, study: Any, orderings: Sequence[str], ctx:
         orderings,
         aq.per_channel,
         amp_sets=amp_candidate_sets(aq.space, aq.param_bw, aq.output_bw, aq._fixed()),
+        adaround_fixed=aq._adaround_params is not None,
     )
     if cheap is not None:
         study.enqueue_trial(cheap, user_attrs={"cheap_first": True}, skip_if_exists=True)

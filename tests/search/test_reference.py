@@ -89,3 +89,21 @@ def test_cheap_first_is_trial_0_and_the_reference_runs_only_when_it_misses(tmp_p
     waiting = [t for t in result.study.trials if not t.state.is_finished()]
     assert waiting and waiting[0].user_attrs.get("reference_recipe") is True
     assert any("after the cheap-first trial" in d for d in waiting[0].user_attrs["reference_differences"])
+
+
+def test_cheap_first_adaround_takes_aimets_defaults_clamped_into_the_space() -> None:
+    from aq_search.search._reference import cheap_first_params
+    from aq_search.search._space import load_search_space
+
+    space = load_search_space("default")
+    orderings = ["bnf>cle>scheme>amp>adaround", "scheme>bnf>cle>adaround"]
+    params = cheap_first_params(space, orderings, None)
+    assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>amp>adaround"
+    iterations, reg, warm = space.adaround.num_iterations, space.adaround.reg_param, space.adaround.warm_start
+    # nothing drawn at random: AIMET's 10,000 iterations clamped to the space's most, reg 0.01, warm start 0.2
+    assert params["adaround__num_iterations"] == min(10_000, iterations.high)
+    assert params["adaround__reg_param"] == min(max(0.01, reg.low), reg.high)
+    assert params["adaround__warm_start"] == min(max(0.2, warm.low), warm.high)
+    # the user's own AdaRound settings are fixed: the trial asks for no AdaRound parameter
+    fixed = cheap_first_params(space, orderings, None, adaround_fixed=True)
+    assert fixed is not None and not any(k.startswith("adaround__") for k in fixed)
