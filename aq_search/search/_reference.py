@@ -138,7 +138,7 @@ def cheap_first_params(
     function (ReLU6 replaced only where it does not clip, ``unclipped``, when the space offers it) and
     absorbs high biases (AIMET's default); AMP takes the space's first candidate set (``amp_sets``, as
     :func:`~aq_search.search._pipeline.amp_candidate_sets` fills them in), so trial 0 draws nothing at
-    random: its AdaRound (the last stage) takes AIMET's defaults clamped into the space's ranges, unless
+    random: its AdaRound (the last stage) takes the space's fewest iterations and AIMET's other defaults, unless
     the user fixed AdaRound's settings (``adaround_fixed``). The AIMET reference recipe runs after it
     (trial 1), so it costs nothing when this trial meets the target. ``None`` when the space has no such
     ordering.
@@ -171,13 +171,13 @@ def cheap_first_params(
 
 
 def _aimet_adaround_params(space: SearchSpace) -> dict[str, Any]:
-    """AIMET's AdaRound defaults as trial params, each clamped into the space's range (nothing drawn at random).
-
-    The iteration count is the most the space allows up to AIMET's; the search scales it by bit-width
-    and stops early on a flat reconstruction loss (``_schedule.py``).
+    """Trial 0's AdaRound settings (nothing drawn at random): AIMET's defaults clamped into the space's
+    ranges, except the iteration count, the space's fewest (this trial is the cheap one; AIMET's own
+    count runs in the reference trial after it). The search also scales iterations by bit-width and
+    stops early on a flat reconstruction loss (``_schedule.py``).
     """
     aimet = {
-        "num_iterations": AIMET_ADAROUND["num_iterations_8bit"],
+        "num_iterations": 0,  # clamped up to the space's fewest
         "reg_param": AIMET_ADAROUND["reg_param"],
         "warm_start": AIMET_ADAROUND["warm_start"],
         "beta_high": AIMET_ADAROUND["beta_range"][0],
