@@ -7,12 +7,15 @@ that carry the signal, while 16 bits keep them. Every other layer quantizes well
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 from aq_search import AdaRoundParams, QuantSim
-from aq_search.amp import parse_candidate
+from aq_search.amp import MixedPrecisionResult, parse_candidate
 from aq_search.amp._escape import is_lift, lift_precision, lifts_pay
 from aq_search.techniques import apply_adaround
 
@@ -68,22 +71,19 @@ def _param_bits(sim: QuantSim) -> dict[str, int]:
     return {layer: sim.param_quantizer(layer).bitwidth for layer in sim.quantized_layers}
 
 
+def _lift(sim: QuantSim, calib: list[torch.Tensor], evaluate: Callable[..., float], **kwargs: Any) -> MixedPrecisionResult:
+    """``lift_precision`` on the test model: candidates w8a8/w16a8, target 0.95, within 1.5x all-w8a8's BOPs."""
+    options = {"target_accuracy": 0.95, "budget": ("w8a8", 1.5), **kwargs}
+    return lift_precision(sim, ["w8a8", "w16a8"], eval_callback=evaluate, probe_fn=lambda m: m(calib[0]), **options)
+
+
 def test_lift_raises_the_weights_of_the_layer_that_hurts_within_budget_in_few_evals() -> None:
     model, sim, calib, x_eval = _setup()
     evaluate, calls = _agreement(model, x_eval)
     before = evaluate(sim.model)
     calls.clear()
     assert before < 0.8  # the structural defect: 8-bit weights of `hurt` lose the signal
-    result = lift_precision(
-        sim,
-        ["w8a8", "w16a8"],
-        eval_callback=evaluate,
-        target_accuracy=0.95,
-        probe_fn=lambda m: m(calib[0]),
-        budget=("w8a8", 1.5),
-        input_accuracy=before,
-        fp32_accuracy=1.0,
-    )
+    result = _lift(sim, calib, evaluate, input_accuracy=before, fp32_accuracy=1.0)
     assert result.target_met and result.accuracy >= 0.95
     assert result.config["hurt"] == "w16a8"
     assert _param_bits(sim)["hurt"] == 16  # applied to the sim
@@ -99,15 +99,7 @@ def test_lift_keeps_adaround_rounding_of_layers_it_leaves_alone() -> None:
     rounded = {layer: sim.param_quantizer(layer).rounding for layer in sim.quantized_layers}
     assert all(r is not None for r in rounded.values())
     evaluate, _ = _agreement(model, x_eval)
-    result = lift_precision(
-        sim,
-        ["w8a8", "w16a8"],
-        eval_callback=evaluate,
-        target_accuracy=0.95,
-        probe_fn=lambda m: m(calib[0]),
-        budget=("w8a8", 1.5),
-        fp32_accuracy=1.0,
-    )
+    result = _lift(sim, calib, evaluate, fp32_accuracy=1.0)
     assert result.config["hurt"] == "w16a8"
     for layer, r in rounded.items():
         kept = sim.param_quantizer(layer).rounding
@@ -122,15 +114,7 @@ def test_lift_never_returns_below_its_input() -> None:
     def evaluate(m: nn.Module, num_samples: int | None = None) -> float:
         return 0.9 if _param_bits(sim) == bits0 else 0.5  # every lift scores lower than the input
 
-    result = lift_precision(
-        sim,
-        ["w8a8", "w16a8"],
-        eval_callback=evaluate,
-        target_accuracy=0.95,
-        probe_fn=lambda m: m(calib[0]),
-        budget=("w8a8", 1.5),
-        input_accuracy=0.9,
-    )
+    result = _lift(sim, calib, evaluate, input_accuracy=0.9)
     assert result.message.startswith("Kept the input") and result.accuracy == 0.9
     assert _param_bits(sim) == bits0 and set(result.config.values()) == {"w8a8"}
 
@@ -151,11 +135,4 @@ def test_lift_rejects_a_bad_max_evals(max_evals: int) -> None:
     model, sim, calib, x_eval = _setup()
     evaluate, _ = _agreement(model, x_eval)
     with pytest.raises(InvalidInputError, match="max_evals"):
-        lift_precision(
-            sim,
-            ["w8a8", "w16a8"],
-            eval_callback=evaluate,
-            target_accuracy=0.9,
-            probe_fn=lambda m: m(calib[0]),
-            max_evals=max_evals,
-        )
+        _lift(sim, calib, evaluate, target_accuracy=0.9, budget=None, max_evals=max_evals)
