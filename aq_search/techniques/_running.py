@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -127,6 +128,24 @@ class GraphStepper:
         arg = node.args[0]
         assert isinstance(arg, fx.Node)
         return [interpreter.env[arg] for interpreter in self.interpreters]
+
+    def gather_first_input(self, node: fx.Node) -> Tensor:
+        """:meth:`first_input` concatenated over the batches (call before stepping ``node``).
+
+        The batches' values are replaced in the interpreters by views of the result, so the
+        activations are held once, not twice (the per-batch tensors and their concatenation).
+        """
+        parts = self.first_input(node)
+        if len(parts) == 1:
+            return parts[0]
+        whole = torch.cat(parts)
+        arg = node.args[0]
+        assert isinstance(arg, fx.Node)
+        start = 0
+        for interpreter, part in zip(self.interpreters, parts, strict=True):
+            interpreter.env[arg] = whole[start : start + part.shape[0]]
+            start += part.shape[0]
+        return whole
 
     def values(self, node: fx.Node) -> list[Any]:
         """``node``'s output, per batch (after stepping it, before its last user)."""
