@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-bw", type=int, default=8)
     ap.add_argument("--allowed-drop", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=100, help="AdaRound iterations (4 batches)")
-    ap.add_argument("--n-trials", type=int, default=1)
+    ap.add_argument("--n-trials", type=int, default=1, help="0: no limit (with --timeout)")
+    ap.add_argument("--timeout", type=float, default=None, help="optimize's timeout in seconds")
     ap.add_argument("--space", default="default")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-mib", type=float, default=100.0)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_size=None if eval_size is None else int(eval_size),
     )
     prof.wrap(aq, "optimize", "optimize")
-    res = aq.optimize(allowed_accuracy_drop=args.allowed_drop, n_trials=args.n_trials)
+    res = aq.optimize(allowed_accuracy_drop=args.allowed_drop, n_trials=args.n_trials or None, timeout=args.timeout)
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"ru_maxrss {maxrss:.0f} MiB; result {res.accuracy:.4f} ({res.pipeline})", flush=True)
     if args.json:
