@@ -135,16 +135,31 @@ class GraphStepper:
         The batches' values are replaced in the interpreters by views of the result, so the
         activations are held once, not twice (the per-batch tensors and their concatenation).
         """
-        parts = self.first_input(node)
+        parts: list[Any] = self.first_input(node)
         if len(parts) == 1:
             return parts[0]
-        whole = torch.cat(parts)
         arg = node.args[0]
         assert isinstance(arg, fx.Node)
+        first = parts[0]
+        alike = all(
+            p.is_contiguous() and p.dtype == first.dtype and p.device == first.device and p.shape[1:] == first.shape[1:]
+            for p in parts
+        )
+        if alike:  # filled one batch at a time, each batch freed once copied: never two whole copies
+            size = (sum(p.shape[0] for p in parts), *first.shape[1:])
+            whole = torch.empty(size, dtype=first.dtype, device=first.device)
+        else:
+            whole = torch.cat(parts)
+        del first
         start = 0
-        for interpreter, part in zip(self.interpreters, parts, strict=True):
-            interpreter.env[arg] = whole[start : start + part.shape[0]]
-            start += part.shape[0]
+        for i, interpreter in enumerate(self.interpreters):
+            n = parts[i].shape[0]
+            view = whole[start : start + n]
+            if alike:
+                view.copy_(parts[i])
+            interpreter.env[arg] = view
+            parts[i] = None
+            start += n
         return whole
 
     def values(self, node: fx.Node) -> list[Any]:

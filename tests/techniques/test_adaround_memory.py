@@ -105,3 +105,30 @@ def test_padded_windows_are_cut_from_the_cached_input(conv: nn.Module, size: int
     xb, tb = sampler.sample()
     with torch.no_grad():
         assert torch.allclose(sampler.forward(xb, conv.weight), tb, atol=1e-5)
+
+
+def test_gathered_batches_are_freed(aq_seed: int) -> None:
+    """After gathering a layer's inputs, the stepped per-batch tensors are gone (only views of the whole remain)."""
+    import weakref
+
+    from aq_search.techniques._running import GraphStepper
+
+    gen = torch.Generator().manual_seed(aq_seed)
+    net = _Net().eval()
+    sim = QuantSim(net, torch.randn(1, 3, 12, 12, generator=gen), default_param_bw=8, default_output_bw=8)
+    batches = [torch.randn(2, 3, 12, 12, generator=gen) for _ in range(3)]
+    sim.compute_encodings(batches)
+    gm = sim.model
+    inputs: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((b,), {}) for b in batches]
+    stepper = GraphStepper(gm, inputs)
+    target = next(n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) == "dw")
+    with torch.no_grad():
+        for node in gm.graph.nodes:
+            if node is target:
+                break
+            stepper.step(node)
+        refs = [weakref.ref(t) for t in stepper.first_input(target)]
+        expected = torch.cat(stepper.first_input(target))
+        whole = stepper.gather_first_input(target)
+    assert torch.equal(whole, expected)
+    assert all(r() is None for r in refs), "a batch's own tensor is still alive next to the concatenation"
