@@ -123,8 +123,9 @@ def _output(module: nn.Module, x: Tensor, weight: Tensor, clamp: tuple[float, fl
     return y
 
 
-def _target(module: nn.Module, x_fp: Tensor, weight: Tensor, clamp: tuple[float, float] | None, chunk: int = 64) -> Tensor:
-    """The FP32 output on the cached inputs, computed ``chunk`` images at a time into one tensor."""
+def _target(module: nn.Module, x_fp: Tensor, weight: Tensor, clamp: tuple[float, float] | None, chunk: int = 16) -> Tensor:
+    """The FP32 output on the cached inputs, computed ``chunk`` images at a time into one tensor (a whole-batch
+    convolution on CPU holds its output twice while it converts the layout: 2x the target at once)."""
     if x_fp.shape[0] <= chunk:
         return _output(module, x_fp, weight, clamp)
     first = _output(module, x_fp[:chunk], weight, clamp)
