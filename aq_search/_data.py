@@ -128,7 +128,8 @@ def _hash_into(h: Any, obj: Any) -> None:
     if isinstance(obj, Tensor):
         t = obj.detach().cpu().contiguous().reshape(-1)
         h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # hashed in place (no copy of a large tensor's bytes)
     elif isinstance(obj, (tuple, list)):
         h.update(b"[")
         for o in obj:

@@ -38,7 +38,6 @@ from ._adaround_opt import (
     AdaRoundLayerResult,
     AdaRoundParams,
     AdaRoundReport,
-    _activate,
     _functional,
     _grid,
     _optimize,
@@ -115,15 +114,40 @@ def _layer_key(
     )
 
 
+def _output(module: nn.Module, x: Tensor, weight: Tensor, clamp: tuple[float, float] | None) -> Tensor:
+    """The layer's output after its fused clamp (clamped in place: one output-sized tensor, not two)."""
+    y = _functional(module, x, weight)
+    if clamp is not None:
+        lo, hi = clamp
+        y.clamp_(min=lo) if hi == math.inf else y.clamp_(lo, hi)
+    return y
+
+
+def _target(module: nn.Module, x_fp: Tensor, weight: Tensor, clamp: tuple[float, float] | None, chunk: int = 16) -> Tensor:
+    """The FP32 output on the cached inputs, computed ``chunk`` images at a time into one tensor (a whole-batch
+    convolution on CPU holds its output twice while it converts the layout: 2x the target at once)."""
+    if x_fp.shape[0] <= chunk:
+        return _output(module, x_fp, weight, clamp)
+    first = _output(module, x_fp[:chunk], weight, clamp)
+    target = torch.empty((x_fp.shape[0], *first.shape[1:]), dtype=first.dtype, device=first.device)
+    target[:chunk] = first
+    del first
+    for i in range(chunk, x_fp.shape[0], chunk):
+        target[i : i + chunk] = _output(module, x_fp[i : i + chunk], weight, clamp)
+    return target
+
+
 def _mse(
-    module: nn.Module, x: Tensor, weight: Tensor, target: Tensor, clamp: tuple[float, float] | None, chunk: int = 64
+    module: nn.Module, x: Tensor, weight: Tensor, target: Tensor, clamp: tuple[float, float] | None, chunk: int = 16
 ) -> float:
+    """Mean squared error of the layer's output against ``target``, ``chunk`` images at a time (squared in
+    float64): memory is one chunk's output, not a copy of the whole output (and two float64 ones)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, x.shape[0], chunk):
-            out = _activate(_functional(module, x[i : i + chunk], weight), clamp)
-            d = out - target[i : i + chunk]
-            total += float(d.double().pow(2).sum())
+            d = _output(module, x[i : i + chunk], weight, clamp).sub_(target[i : i + chunk])
+            for j in range(0, d.shape[0], 4):  # squared in float64 4 images at a time
+                total += float(d[j : j + 4].double().pow_(2).sum())
             count += d.numel()
     return total / max(1, count)
 
@@ -153,7 +177,7 @@ def _adaround_layer(
     clamp = _fused_clamp(sim, name)
     w = sim.float_weight(name).detach()
     with torch.no_grad():
-        target = torch.cat([_activate(_functional(module, x_fp[i : i + 64], w), clamp) for i in range(0, x_fp.shape[0], 64)])
+        target = _target(module, x_fp, w, clamp)
     key = _layer_key(module, w, quantizer, clamp, params, seed, x_opt, x_fp if x_opt is not x_fp else None)
     stored = cache.get(key) if cache is not None else None
     rounding = stored.get("rounding") if stored is not None else None
@@ -210,8 +234,8 @@ class _AdaRoundWalk(LayerWalk):
 
     def visit(self, node: fx.Node, name: str) -> None:
         assert self.stepper is not None
-        x_fp = torch.cat(self.stepper.first_input(node))
-        x_opt = torch.cat(self.quant.first_input(node)) if self.quant is not None else x_fp
+        x_fp = self.stepper.gather_first_input(node)
+        x_opt = self.quant.gather_first_input(node) if self.quant is not None else x_fp
         self.results.append(_adaround_layer(self.sim, name, x_fp, x_opt, self.params, self.cache, self.seed))
 
 

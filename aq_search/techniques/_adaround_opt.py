@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -240,28 +240,30 @@ class _Sampler:
         self.dilation = list(module.dilation)  # type: ignore[arg-type]
         self.groups = int(module.groups)  # type: ignore[arg-type]
         self.output_padding = list(getattr(module, "output_padding", [0] * dims))
-        if self.transposed:
-            self.padding = list(module.padding)  # type: ignore[arg-type]
-        else:
-            pad = [int(p) for p in module.padding]  # type: ignore[union-attr]
-            if any(pad):
-                spec = [p for d in reversed(pad) for p in (d, d)]
-                mode = str(module.padding_mode)
-                x = F.pad(x, spec) if mode == "zeros" else F.pad(x, spec, mode=mode)
-            self.padding = [0] * dims
-        if x.dim() == 4:  # channels-last: faster convolutions, much faster depthwise weight gradients
-            x, target = x.contiguous(memory_format=torch.channels_last), target.contiguous(memory_format=torch.channels_last)
-        self.x, self.t = x, target
         self.out_size = list(target.shape[2:])
         self.kernel = list(weight_shape[2:])
         per_image = math.prod(self.out_size)
+        self.window: list[int] | None = None
         if self.transposed or per_image <= batch_size:
-            self.window: list[int] | None = None
             self.images = min(x.shape[0], max(1, math.ceil(batch_size / per_image)))
         else:
             self.images = min(x.shape[0], 4)
             side = (batch_size / self.images) ** (1.0 / dims)
             self.window = [max(1, min(o, round(side))) for o in self.out_size]
+        # Zero padding of a window is cut on the fly from the cached input (no padded copy of it)
+        self.pad = [0] * dims if self.transposed else [int(p) for p in module.padding]  # type: ignore[union-attr]
+        self.padding = list(module.padding) if self.transposed else [0] * dims  # type: ignore[arg-type]
+        if self.window is not None and str(getattr(module, "padding_mode", "zeros")) == "zeros":
+            self.x, self.t = x, target  # windows: no copy of the (large) cached input or target
+            return
+        if any(self.pad):
+            spec = [p for d in reversed(self.pad) for p in (d, d)]
+            mode = str(module.padding_mode)
+            x = F.pad(x, spec) if mode == "zeros" else F.pad(x, spec, mode=mode)
+            self.pad = [0] * dims
+        if x.dim() == 4:  # channels-last: faster convolutions, much faster depthwise weight gradients
+            x, target = x.contiguous(memory_format=torch.channels_last), target.contiguous(memory_format=torch.channels_last)
+        self.x, self.t = x, target
 
     def sample(self) -> tuple[Tensor, Tensor]:
         if self.linear:
@@ -283,12 +285,29 @@ class _Sampler:
                 slice(s * st, (s + w - 1) * st + d * (k - 1) + 1)
                 for s, w, st, d, k in zip(starts, self.window, self.stride, self.dilation, self.kernel, strict=True)
             )
-            xs.append(self.x[(n, slice(None), *x_sl)])
+            xs.append(self._window(n, x_sl))
             ts.append(self.t[(n, slice(None), *t_sl)])
         xb, tb = torch.stack(xs), torch.stack(ts)
         if xb.dim() == 4:
             xb, tb = xb.contiguous(memory_format=torch.channels_last), tb.contiguous(memory_format=torch.channels_last)
         return xb, tb
+
+    def _window(self, n: int, x_sl: tuple[slice, ...]) -> Tensor:
+        """Image ``n``'s window ``x_sl`` of the zero-padded input (``self.pad`` each side), cut from the unpadded one."""
+        if not any(self.pad):
+            whole: tuple[Any, ...] = (n, slice(None), *x_sl)
+            return self.x[whole]
+        inner: list[slice] = []
+        spec: list[tuple[int, int]] = []
+        for sl, p, size in zip(x_sl, self.pad, self.x.shape[2:], strict=True):
+            a, b = sl.start - p, sl.stop - p
+            lo = min(max(a, 0), size)
+            hi = max(min(b, size), lo)
+            inner.append(slice(lo, hi))
+            spec.append((lo - a, b - hi))
+        flat = [q for before_after in reversed(spec) for q in before_after]
+        cut: tuple[Any, ...] = (n, slice(None), *inner)
+        return F.pad(self.x[cut], flat)
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
         bias = bias_of(self.module)

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
@@ -127,6 +128,39 @@ class GraphStepper:
         arg = node.args[0]
         assert isinstance(arg, fx.Node)
         return [interpreter.env[arg] for interpreter in self.interpreters]
+
+    def gather_first_input(self, node: fx.Node) -> Tensor:
+        """:meth:`first_input` concatenated over the batches (call before stepping ``node``).
+
+        The batches' values are replaced in the interpreters by views of the result, so the
+        activations are held once, not twice (the per-batch tensors and their concatenation).
+        """
+        parts: list[Any] = self.first_input(node)
+        if len(parts) == 1:
+            return parts[0]
+        arg = node.args[0]
+        assert isinstance(arg, fx.Node)
+        first = parts[0]
+        alike = all(
+            p.is_contiguous() and p.dtype == first.dtype and p.device == first.device and p.shape[1:] == first.shape[1:]
+            for p in parts
+        )
+        if alike:  # filled one batch at a time, each batch freed once copied: never two whole copies
+            size = (sum(p.shape[0] for p in parts), *first.shape[1:])
+            whole = torch.empty(size, dtype=first.dtype, device=first.device)
+        else:
+            whole = torch.cat(parts)
+        del first
+        start = 0
+        for i, interpreter in enumerate(self.interpreters):
+            n = parts[i].shape[0]
+            view = whole[start : start + n]
+            if alike:
+                view.copy_(parts[i])
+            interpreter.env[arg] = view
+            parts[i] = None
+            start += n
+        return whole
 
     def values(self, node: fx.Node) -> list[Any]:
         """``node``'s output, per batch (after stepping it, before its last user)."""
