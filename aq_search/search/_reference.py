@@ -119,7 +119,7 @@ def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user
     return out
 
 
-_CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
+_CHEAP_FIRST = ("bnf>cle>scheme>adaround>amp", "bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
 
 
 def cheap_first_params(

@@ -1,0 +1,137 @@
+"""Lazy stage scoring and proxy ties: evaluations go where they can change whether the target is met.
+
+Scores are scripted (no training): the tests check what the search does with them, structurally.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from aq_search._errors import SearchSpaceError
+from aq_search.quantsim import prepare_model
+from aq_search.search import CountingEval, Pipeline, PipelineRun, RunContext, SchemeSelectConfig, Stage, run_pipeline
+from aq_search.search._aimet_flow import full_evaluations
+from aq_search.search._screen import MAX_SCREENED, Candidate, screen
+from aq_search.search._space import load_search_space
+from aq_search.techniques import BatchNormFoldConfig, BiasCorrectionConfig, CLEConfig
+
+from ._scripted import Scripted, batches, tiny_model
+
+
+def _ctx(target: float = 0.99, tie_db: float = 1.0, eval_size: int | None = 128) -> Any:
+    return SimpleNamespace(fp32_accuracy=1.0, target=target, tie_db=tie_db, evaluate=SimpleNamespace(eval_size=eval_size))
+
+
+def _screen(ctx: Any, proxies: list[float], scores: dict[int, float]) -> list[int]:
+    cands = [Candidate(i, object(), None, p, current=i == 0) for i, p in enumerate(proxies)]  # type: ignore[arg-type]
+    done = screen(ctx, cands, lambda c: (scores[c.index], None), lambda _sim: True)
+    return [s.candidate.index for s in done]
+
+
+def test_near_ties_are_evaluated_while_the_best_misses_within_its_noise() -> None:
+    # 20.3 dB scores 0.9766 on 128 images (2 images short of 0.99: within noise); 19.8 dB is a near tie
+    # and is evaluated (0.9922 meets); 15 dB is not a tie and is never evaluated
+    assert _screen(_ctx(), [20.3, 19.8, 15.0], {0: 0.9766, 1: 0.9922, 2: 1.0}) == [0, 1]
+    # the first meets the target: no tie to break
+    assert _screen(_ctx(), [20.3, 19.8], {0: 0.995, 1: 1.0}) == [0]
+    # the best is far below the target on a large evaluation: a near tie cannot plausibly reach it
+    assert _screen(_ctx(target=0.85, eval_size=10_000), [14.1, 14.0], {0: 0.81, 1: 0.9}) == [0]
+    # ties off (0 dB): the best proxy alone
+    assert _screen(_ctx(tie_db=0.0), [20.3, 19.8], {0: 0.9766, 1: 0.9922}) == [0]
+    # at most MAX_SCREENED evaluations, best proxy first
+    proxies = [20.0 - 0.1 * i for i in range(MAX_SCREENED + 2)]
+    order = _screen(_ctx(), proxies[::-1], dict.fromkeys(range(len(proxies)), 0.98))
+    assert len(order) == MAX_SCREENED and order[0] == len(proxies) - 1
+
+
+def _context(evaluate: Any, *, lazy: bool, tie_db: float, n: int | None = None, eval_size: int = 100) -> RunContext:
+    model, data = tiny_model(), batches()
+    ctx = RunContext(prepare_model(model, data[0]), data[0], data, CountingEval(evaluate, eval_size=eval_size), 1.0, 0.99, 8, 8)
+    ctx.lazy_scoring, ctx.tie_db, ctx.intermediate_num_samples = lazy, tie_db, n
+    return ctx
+
+
+LAZY = Pipeline(
+    (
+        Stage("bnf", BatchNormFoldConfig()),
+        Stage("cle", CLEConfig()),
+        Stage("bc", BiasCorrectionConfig(num_batches=2)),
+    )
+)
+
+
+def _evaluated(run: PipelineRun) -> list[int]:
+    return [i for i, s in enumerate(run.stages) if not math.isnan(s.score)]
+
+
+def test_stages_before_a_cheap_stage_are_not_evaluated_and_never_returned() -> None:
+    evaluate = Scripted([], rest=0.5)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=0.0), LAZY)
+    # bnf and cle come before a cheap stage: one evaluation in all, at bias correction's screen (best proxy)
+    assert len(evaluate.calls) == 1 and len(_evaluated(run)) == 1
+    assert run.best_index in _evaluated(run), "a stage not evaluated is never the result"
+    for i, s in enumerate(run.stages):
+        if i not in _evaluated(run):
+            assert s.to_dict()["score"] is None and s.num_samples == 0 and not s.best
+    # every stage is evaluated when scoring is not lazy (the behaviour of spaces without stage_scoring: lazy)
+    every = Scripted([], rest=0.5)
+    assert len(run_pipeline(_context(every, lazy=False, tie_db=0.0), LAZY).stages) == 3 and len(every.calls) == 3
+
+
+def test_the_screen_breaks_proxy_ties_by_eval_and_keeps_the_eval_best() -> None:
+    # every stage within the (wide) tie: the screen evaluates best proxy first; 0.95 and 0.96 miss within
+    # their noise on 100 samples, so the third is evaluated too; the eval's best (0.97) is the result
+    evaluate = Scripted([0.95, 0.96, 0.97], rest=0.0)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=20.0), LAZY)
+    assert evaluate.calls == [None, None, None]
+    assert sorted(s.score for s in run.stages) == [0.95, 0.96, 0.97]
+    assert run.score == 0.97 and run.stages[run.best_index].score == 0.97
+
+
+def test_a_subset_screen_never_promotes_a_miss() -> None:
+    # first candidate: subset 0.995 (bound reaches the target) confirmed in full at 0.90: a miss, far below
+    # the target on 1,000 samples, so no tie is evaluated; the result is 0.90 on the full evaluation
+    evaluate = Scripted([0.995, 0.90], rest=1.0)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=20.0, n=100, eval_size=1000), LAZY)
+    assert evaluate.calls == [100, None]
+    assert run.score == 0.90 and run.stages[run.best_index].num_samples is None
+
+
+def test_scheme_pairs_within_the_tie_are_evaluated_and_the_eval_best_is_the_choice() -> None:
+    pairs = ("tf/tf", "tf_enhanced/tf_enhanced")
+    pipeline = Pipeline(
+        (Stage("bnf", BatchNormFoldConfig()), Stage("scheme", SchemeSelectConfig(candidates=pairs, select_by="sqnr")))
+    )
+    # bnf is not evaluated (scheme is cheap); the best-proxy pair scores 0.95 (misses, within noise), the other 0.995
+    evaluate = Scripted([0.95, 0.995], rest=0.0)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=20.0), pipeline)
+    scheme = run.stages[1]
+    assert evaluate.calls == [None, None] and run.score == 0.995 and run.best_index == 1
+    assert "near-tie broken by eval" in scheme.note
+    tried = scheme.note.split("broken by eval: ")[1]
+    second = tried.split(", ")[1].split("=")[0]
+    assert scheme.choice == second and run.sim.param_quant_scheme.name == second.split("/")[0]
+    # no tie (0 dB): one evaluation, the best proxy's pair
+    once = Scripted([0.95], rest=0.0)
+    run = run_pipeline(_context(once, lazy=True, tie_db=0.0), pipeline)
+    assert once.calls == [None] and run.score == 0.95
+
+
+def test_default_space_screens_lazily_and_the_aimet_flow_scores_every_stage() -> None:
+    space = load_search_space("default")
+    assert space.stage_scoring == "lazy" and space.proxy_tie_db == 1.0
+    again = load_search_space(space.to_dict())
+    assert again.stage_scoring == "lazy" and again.proxy_tie_db == 1.0
+    plain = {"orderings": ["bnf>scheme"]}
+    assert "stage_scoring" not in load_search_space(plain).to_dict()  # absent: fingerprints of old spaces unchanged
+    for key, bad in (("stage_scoring", "sometimes"), ("proxy_tie_db", -1.0), ("proxy_tie_db", True)):
+        with pytest.raises(SearchSpaceError, match=key):
+            load_search_space({**plain, key: bad})
+    ctx = _context(Scripted([]), lazy=True, tie_db=1.0)
+    with full_evaluations(ctx):
+        assert not ctx.lazy_scoring
+    assert ctx.lazy_scoring
