@@ -26,7 +26,7 @@ from ._fidelity import could_meet
 from ._keepbest import KeepBest, Kept
 from ._pipeline import Pipeline, PipelineRun, RunContext, Stage, StageCallback, StageError, StageResult
 from ._prefix import KnownScores, prefix_keys
-from ._screen import Candidate, Screened, defers, proxy_sqnr, screen
+from ._screen import Candidate, Screened, defers, proxy_sqnr, screen, undo_if_worse
 
 __all__ = ["meter", "prefix_context", "run_stages", "stage_label"]
 
@@ -76,7 +76,7 @@ def _screen_stage(
     ties = [Candidate(index, alt, state.model, value, pair, current=True) for pair, alt, value in state.alternatives]
     # a scheme stage only sets the pair: a deferred stage with its model and one of its pairs is the same sim
     same = {c.pair for c in (current, *ties)} if registered_techniques()[stage_key].acts_on == "scheme" else set()
-    candidates = [current, *ties, *(c for c in deferred if not (c.model is state.model and c.pair in same))]
+    candidates = [current, *ties, *(c for c in deferred if c.sim is not sim and not (c.model is state.model and c.pair in same))]
 
     def score(c: Candidate) -> tuple[float, int | None]:
         return _score(ctx, c.sim, c.known, known_full=c.known_full)
@@ -158,6 +158,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         except Exception as err:
             logger.debug("stage %s failed", stage.key, exc_info=True)
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
+        undone = undo_if_worse(ctx, stage.key, state, deferred, index)
         sim = state.sim
         assert sim is not None
         screened: list[Screened] = []
@@ -166,7 +167,8 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             samples = record.get("num_samples")
             samples = int(samples) if samples is not None else None
         elif defers(ctx, pipeline.stages, index, False):  # lazy: the next stage is cheap (see _screen)
-            deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))
+            if not undone:  # an undone stage's sim is the deferred one before it
+                deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))
             score, samples = math.nan, 0
             state.note = (state.note + "; " if state.note else "") + "not evaluated (the next stage is cheap)"
         else:

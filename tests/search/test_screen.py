@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
 from aq_search._errors import SearchSpaceError
 from aq_search.quantsim import prepare_model
@@ -135,3 +136,29 @@ def test_default_space_screens_lazily_and_the_aimet_flow_scores_every_stage() ->
     with full_evaluations(ctx):
         assert not ctx.lazy_scoring
     assert ctx.lazy_scoring
+
+
+def test_a_model_stage_the_proxy_says_hurts_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aq_search.search._screen as screen_module
+
+    # proxies in call order: bnf (deferred) 20 dB, CLE 10 dB (fell by more than the 1 dB tie: undone),
+    # bias correction 21 dB at its screen; the screen evaluates it first, then stops (0.5 is far below)
+    proxies = iter([20.0, 10.0, 21.0])
+    monkeypatch.setattr(screen_module, "proxy_sqnr", lambda ctx, sim: next(proxies))
+    import aq_search.search._run as run_module
+
+    monkeypatch.setattr(run_module, "proxy_sqnr", screen_module.proxy_sqnr)
+    evaluate = Scripted([0.5], rest=0.0)
+    ctx = _context(evaluate, lazy=True, tie_db=1.0)
+    run = run_pipeline(ctx, LAZY)
+    assert run.stages[1].note.startswith("undone: output SQNR fell from 20.0 to 10.0 dB")
+    assert len(evaluate.calls) == 1 and run.best_index == 2 and run.score == 0.5
+    # bias correction ran on the model before CLE: the one bnf produced (CLE changes the weights)
+    folded = run_pipeline(_context(Scripted([0.5]), lazy=False, tie_db=0.0), Pipeline(LAZY.stages[:1])).model
+    equalized = run_pipeline(_context(Scripted([0.1, 0.2]), lazy=False, tie_db=0.0), Pipeline(LAZY.stages[:2])).model
+    assert all(torch.equal(a, b) for a, b in zip(run.model.parameters(), folded.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(folded.parameters(), equalized.parameters(), strict=True))
+    # ties off: nothing is undone
+    proxies = iter([20.0, 10.0, 19.5, 19.0])  # read by the patched proxy above
+    kept = run_pipeline(_context(Scripted([], rest=0.5), lazy=True, tie_db=0.0), LAZY)
+    assert not kept.stages[1].note.startswith("undone")
