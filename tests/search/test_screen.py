@@ -162,3 +162,15 @@ def test_a_model_stage_the_proxy_says_hurts_is_undone(monkeypatch: pytest.Monkey
     proxies = iter([20.0, 10.0, 19.5, 19.0])  # read by the patched proxy above
     kept = run_pipeline(_context(Scripted([], rest=0.5), lazy=True, tie_db=0.0), LAZY)
     assert not kept.stages[1].note.startswith("undone")
+
+
+def test_default_trial_0_runs_adaround_before_amp() -> None:
+    from aq_search.search._reference import cheap_first_params
+
+    space = load_search_space("default")
+    params = cheap_first_params(space, list(space.orderings), None, amp_sets=[("w4a8", "w8a8")])
+    assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>adaround>amp"
+    # a space without that ordering keeps AMP first
+    amp_first = [o for o in space.orderings if o != "bnf>cle>scheme>adaround>amp"]
+    params = cheap_first_params(space, amp_first, None)
+    assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>amp>adaround"
