@@ -52,12 +52,22 @@ def prefix_context(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _score(ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False) -> tuple[float, int | None]:
+def _score(
+    ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False, prior: float | None = None
+) -> tuple[float, int | None]:
     """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
-    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`)."""
+    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`).
+
+    Under lazy scoring, ``prior`` (the stage's input's full score) decides the fidelity first: when it is
+    already within the subset's noise of the target, a subset screen of the stage would be confirmed in
+    full anyway (one call more for the same answer), so the stage goes straight to the full evaluation.
+    """
     if known is not None and known_full:
         return known, None
     n = ctx.intermediate_num_samples
+    margin = ctx.fp32_accuracy - ctx.target
+    if known is None and n is not None and ctx.lazy_scoring and prior is not None and could_meet(prior, n, ctx.target, margin):
+        return ctx.evaluate(sim.model, None), None
     score = ctx.evaluate(sim.model, n) if known is None else known
     if n is not None and could_meet(score, n, ctx.target, ctx.fp32_accuracy - ctx.target):
         return ctx.evaluate(sim.model, None), None  # its confidence bound reaches the target: confirm in full
@@ -70,7 +80,7 @@ def _screen_stage(
     """Score stage ``index``: alone as before, or screened with the deferred stages and near-tie scheme
     pairs (see :mod:`._screen`); a scheme pair the eval prefers becomes the stage's choice."""
     if not deferred and not state.alternatives:
-        alone, samples = _score(ctx, sim, state.known_score, known_full=state.known_full)
+        alone, samples = _score(ctx, sim, state.known_score, known_full=state.known_full, prior=state.previous_full)
         return [Screened(Candidate(index, sim, state.model, None, current=True), alone, samples)]
     current = Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair, state.known_score, state.known_full, True)
     ties = [Candidate(index, alt, state.model, value, pair, current=True) for pair, alt, value in state.alternatives]
@@ -79,7 +89,8 @@ def _screen_stage(
     candidates = [current, *ties, *(c for c in deferred if c.sim is not sim and not (c.model is state.model and c.pair in same))]
 
     def score(c: Candidate) -> tuple[float, int | None]:
-        return _score(ctx, c.sim, c.known, known_full=c.known_full)
+        prior = state.previous_full if c is current else None
+        return _score(ctx, c.sim, c.known, known_full=c.known_full, prior=prior)
 
     def within(s: QuantSim) -> bool:
         return ctx.budget.allows(ctx.budget.relative(s)) if ctx.budget is not None else True

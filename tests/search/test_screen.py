@@ -174,3 +174,18 @@ def test_default_trial_0_runs_adaround_before_amp() -> None:
     amp_first = [o for o in space.orderings if o != "bnf>cle>scheme>adaround>amp"]
     params = cheap_first_params(space, amp_first, None)
     assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>amp>adaround"
+
+
+def test_a_stage_whose_input_is_within_the_subset_noise_of_the_target_goes_straight_to_full() -> None:
+    from aq_search import AdaRoundParams
+
+    pipeline = Pipeline((Stage("bnf", BatchNormFoldConfig()), Stage("adaround", AdaRoundParams(num_batches=1, num_iterations=5))))
+    # bnf (before an expensive stage: evaluated): subset 0.96 on 100 samples, bound 0.999 >= 0.99, confirmed at 0.97;
+    # AdaRound's input scored 0.97 in full, within 100 samples' noise of 0.99: a screen would be confirmed anyway
+    evaluate = Scripted([0.96, 0.97, 0.98], rest=0.0)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=1.0, n=100, eval_size=1000), pipeline)
+    assert evaluate.calls == [100, None, None] and run.stages[1].num_samples is None and run.score == 0.98
+    # every stage scored as before without lazy scoring: AdaRound is screened on the subset first
+    before = Scripted([0.96, 0.97, 0.98], rest=0.0)
+    run_pipeline(_context(before, lazy=False, tie_db=0.0, n=100, eval_size=1000), pipeline)
+    assert before.calls == [100, None, 100, None]
