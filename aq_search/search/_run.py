@@ -169,7 +169,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         except Exception as err:
             logger.debug("stage %s failed", stage.key, exc_info=True)
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
-        undone = undo_if_worse(ctx, stage.key, state, deferred, index)
+        undone = undo_if_worse(ctx, stage.key, state, deferred, index, [s.key for s in pipeline.stages[index + 1 :]])
         sim = state.sim
         assert sim is not None
         screened: list[Screened] = []

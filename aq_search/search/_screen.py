@@ -26,7 +26,7 @@ Both are the space's choice: ``stage_scoring: lazy`` and ``proxy_tie_db`` (the `
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,16 +73,22 @@ def defers(ctx: RunContext, stages: Any, index: int, has_record: bool) -> bool:
     return spec is not None and spec.cost in CHEAP_COSTS and reference_outputs(ctx)
 
 
-def undo_if_worse(ctx: RunContext, key: str, state: Any, deferred: list[Candidate], index: int) -> bool:
+def undo_if_worse(
+    ctx: RunContext, key: str, state: Any, deferred: list[Candidate], index: int, later: Sequence[str] = ()
+) -> bool:
     """Undo model stage ``index`` (BN fold, CLE ...) when the proxy says it hurts; whether it was undone.
 
     Only under lazy scoring with ties on, when the stage before it was deferred with the same pair: if the
     stage lowers the output SQNR by more than ``ctx.tie_db`` (more than the proxy's noise), the run goes on
     from the model before it (``state.model`` and ``state.sim`` are put back, the note says why). The rule is
-    deterministic on the same data, so replaying the trial's pipeline undoes the stage again.
+    deterministic on the same data, so replaying the trial's pipeline undoes the stage again. A stage that a
+    later stage of the pipeline (``later``: their keys) requires (BN fold before CLE) is never undone.
     """
-    spec = registered_techniques().get(key)
+    specs = registered_techniques()
+    spec = specs.get(key)
     if not ctx.lazy_scoring or ctx.tie_db <= 0 or spec is None or spec.acts_on != "model" or state.sim is None:
+        return False
+    if any(key in getattr(specs.get(k), "requires", ()) for k in later):
         return False
     if not deferred or deferred[-1].index != index - 1 or deferred[-1].pair != state.pair or deferred[-1].sqnr is None:
         return False

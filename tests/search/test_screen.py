@@ -5,6 +5,7 @@ Scores are scripted (no training): the tests check what the search does with the
 
 from __future__ import annotations
 
+import itertools
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -189,3 +190,24 @@ def test_a_stage_whose_input_is_within_the_subset_noise_of_the_target_goes_strai
     before = Scripted([0.96, 0.97, 0.98], rest=0.0)
     run_pipeline(_context(before, lazy=False, tie_db=0.0, n=100, eval_size=1000), pipeline)
     assert before.calls == [100, None, 100, None]
+
+
+def test_a_stage_a_later_stage_requires_is_never_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aq_search.search._run as run_module
+    import aq_search.search._screen as screen_module
+    from aq_search.search import SchemeConfig
+
+    # scheme (deferred) 20 dB, BN fold 10 dB: a fall, but CLE after it requires BN fold, so it stays; then 21 dB
+    proxies = itertools.chain([20.0, 10.0], itertools.repeat(21.0))
+    monkeypatch.setattr(screen_module, "proxy_sqnr", lambda ctx, sim: next(proxies))
+    monkeypatch.setattr(run_module, "proxy_sqnr", screen_module.proxy_sqnr)
+    pipeline = Pipeline(
+        (
+            Stage("scheme", SchemeConfig(pair="tf_enhanced/tf_enhanced", per_channel=True)),
+            Stage("bnf", BatchNormFoldConfig()),
+            Stage("cle", CLEConfig()),
+            Stage("bc", BiasCorrectionConfig(num_batches=2)),
+        )
+    )
+    run = run_pipeline(_context(Scripted([0.5], rest=0.0), lazy=True, tie_db=1.0), pipeline)
+    assert not run.stages[1].note.startswith("undone") and len(run.stages) == 4
