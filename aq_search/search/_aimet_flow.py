@@ -114,12 +114,12 @@ def aimet_attrs(
 @contextmanager
 def full_evaluations(ctx: RunContext) -> Iterator[None]:
     """Score every stage (and every scheme candidate) on the full evaluation, as AIMET does."""
-    saved = ctx.intermediate_num_samples
-    ctx.intermediate_num_samples = None
+    saved, lazy = ctx.intermediate_num_samples, ctx.lazy_scoring
+    ctx.intermediate_num_samples, ctx.lazy_scoring = None, False
     try:
         yield
     finally:
-        ctx.intermediate_num_samples = saved
+        ctx.intermediate_num_samples, ctx.lazy_scoring = saved, lazy
 
 
 def w32_check(ctx: RunContext, pipeline: Pipeline, index: int, result: StageResult) -> dict[str, Any] | None:

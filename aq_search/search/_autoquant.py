@@ -277,6 +277,8 @@ class AutoQuant:
             seed=self.seed or 0,
             leaf_modules=self.leaf_modules,
             budget=self.budget,
+            lazy_scoring=self.space.stage_scoring == "lazy",
+            tie_db=self.space.proxy_tie_db,
         )
         return self._ctx
 

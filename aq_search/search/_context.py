@@ -71,6 +71,8 @@ class RunContext:
     reference_outputs: list[Tensor] | None = None  # FP32 outputs on calibration batches (scheme selection by sqnr)
     budget: Any = None  # search._budget.Budget: results over it never meet the target
     known: Any = None  # search._prefix.KnownScores: prefix scores already in the study
+    lazy_scoring: bool = False  # stages before a cheap stage are not evaluated (see _screen); off in the AIMET flow
+    tie_db: float = 0.0  # proxy (output SQNR) gap under which candidates tie and the eval breaks the tie (see _screen)
 
     def hit(self, what: str) -> None:
         self.cache_hits[what] = self.cache_hits.get(what, 0) + 1
@@ -138,8 +140,10 @@ class StageState:
     choice: Any = None
     known_score: float | None = None
     known_full: bool = False
+    alternatives: list[tuple[str, QuantSim, float]] = field(default_factory=list)  # near-tie scheme pairs (see _screen)
 
     def begin(self, record: dict[str, Any] | None, previous_full: float | None) -> None:
         """Reset what a stage reports, before it runs."""
         self.record, self.previous_full = record, previous_full
         self.note, self.choice, self.known_score, self.known_full = "", None, None, False
+        self.alternatives = []

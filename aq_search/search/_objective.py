@@ -166,6 +166,8 @@ class TrialObjective:
         def on_stage(index: int, result: StageResult) -> bool:
             seen.append(result)
             record(seen)
+            if math.isnan(result.score):
+                return False  # not evaluated (lazy stage scoring): nothing to report, prune or stop on
             trial.report(result.score, step=index)
             if aimet and (decided := aimet_after_stage(trial, ctx, pipeline, index, result)) is not None:
                 return decided  # AIMET's own flow: the W32 check and its early exit (see _aimet_flow.py)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -189,7 +190,9 @@ class StageResult:
 
     Attributes:
         stage: the technique key.
-        score: the eval score after the stage (``num_samples`` samples; ``None``: full evaluation).
+        score: the eval score after the stage (``num_samples`` samples; ``None``: full evaluation);
+            NaN (``None`` in the records, ``num_samples`` 0) when the stage was not evaluated (lazy
+            stage scoring, see :mod:`._screen`).
         seconds / eval_calls / eval_samples / eval_equivalents: the stage's cost (eval-equivalents:
             samples over the full evaluation's size; a full evaluation counts 1).
         gain: score minus the previous stage's score (``None`` for the first stage).
@@ -218,7 +221,10 @@ class StageResult:
     best: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if isinstance(self.score, float) and math.isnan(self.score):
+            out["score"] = None  # not evaluated (lazy stage scoring, see _screen): no score in the records
+        return out
 
 
 @dataclass

@@ -119,7 +119,7 @@ def reference_differences(space: SearchSpace, ordering: str, adaround: Any, user
     return out
 
 
-_CHEAP_FIRST = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
+_CHEAP_FIRST = ("bnf>cle>scheme>adaround>amp", "bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
 
 
 def cheap_first_params(
@@ -130,11 +130,15 @@ def cheap_first_params(
     amp_sets: Sequence[Sequence[str]] = (),
     adaround_fixed: bool = False,
 ) -> dict[str, Any] | None:
-    """The cost-aware schedule as trial 0: cheap stages and AMP first, AdaRound last (only if they miss).
+    """The cost-aware schedule as trial 0: cheap stages first, then AdaRound, then AMP (each only if the
+    stages before it miss).
 
     A trial stops at the first stage that meets the target within the budget, so AdaRound, the
-    expensive stage, runs only where BN fold, CLE, the scheme and mixed precision could not get there;
-    AMP's sensitivity screen uses the fewest phase-1 samples the space allows. CLE keeps the model's
+    expensive stage, runs only where BN fold, CLE and the scheme could not get there, and AMP within the
+    budget only where AdaRound could not either (``bnf>cle>scheme>adaround>amp``; the AMP-first orderings
+    when the space lacks it). AdaRound fixes every layer's rounding, AMP within a 1.5x BOPs budget lifts a
+    few layers, and AMP after AdaRound keeps the roundings of the layers it leaves alone. AMP's
+    sensitivity screen uses the fewest phase-1 samples the space allows. CLE keeps the model's
     function (ReLU6 replaced only where it does not clip, ``unclipped``, when the space offers it) and
     absorbs high biases (AIMET's default); AMP takes the space's first candidate set (``amp_sets``, as
     :func:`~aq_search.search._pipeline.amp_candidate_sets` fills them in), so trial 0 draws nothing at

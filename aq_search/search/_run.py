@@ -11,7 +11,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch.fx as fx
@@ -24,6 +26,7 @@ from ._fidelity import could_meet
 from ._keepbest import KeepBest, Kept
 from ._pipeline import Pipeline, PipelineRun, RunContext, Stage, StageCallback, StageError, StageResult
 from ._prefix import KnownScores, prefix_keys
+from ._screen import Candidate, Screened, defers, proxy_sqnr, screen, undo_if_worse
 
 __all__ = ["meter", "prefix_context", "run_stages", "stage_label"]
 
@@ -49,16 +52,59 @@ def prefix_context(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def _score(ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False) -> tuple[float, int | None]:
+def _score(
+    ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False, prior: float | None = None
+) -> tuple[float, int | None]:
     """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
-    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`)."""
+    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`).
+
+    Under lazy scoring, ``prior`` (the stage's input's full score) decides the fidelity first: when it is
+    already within the subset's noise of the target, a subset screen of the stage would be confirmed in
+    full anyway (one call more for the same answer), so the stage goes straight to the full evaluation.
+    """
     if known is not None and known_full:
         return known, None
     n = ctx.intermediate_num_samples
+    margin = ctx.fp32_accuracy - ctx.target
+    if known is None and n is not None and ctx.lazy_scoring and prior is not None and could_meet(prior, n, ctx.target, margin):
+        return ctx.evaluate(sim.model, None), None
     score = ctx.evaluate(sim.model, n) if known is None else known
     if n is not None and could_meet(score, n, ctx.target, ctx.fp32_accuracy - ctx.target):
         return ctx.evaluate(sim.model, None), None  # its confidence bound reaches the target: confirm in full
     return score, n
+
+
+def _screen_stage(
+    ctx: RunContext, state: StageState, index: int, stage_key: str, sim: QuantSim, deferred: list[Candidate]
+) -> list[Screened]:
+    """Score stage ``index``: alone as before, or screened with the deferred stages and near-tie scheme
+    pairs (see :mod:`._screen`); a scheme pair the eval prefers becomes the stage's choice."""
+    if not deferred and not state.alternatives:
+        alone, samples = _score(ctx, sim, state.known_score, known_full=state.known_full, prior=state.previous_full)
+        return [Screened(Candidate(index, sim, state.model, None, current=True), alone, samples)]
+    current = Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair, state.known_score, state.known_full, True)
+    ties = [Candidate(index, alt, state.model, value, pair, current=True) for pair, alt, value in state.alternatives]
+    # a scheme stage only sets the pair: a deferred stage with its model and one of its pairs is the same sim
+    same = {c.pair for c in (current, *ties)} if registered_techniques()[stage_key].acts_on == "scheme" else set()
+    candidates = [current, *ties, *(c for c in deferred if c.sim is not sim and not (c.model is state.model and c.pair in same))]
+
+    def score(c: Candidate) -> tuple[float, int | None]:
+        prior = state.previous_full if c is current else None
+        return _score(ctx, c.sim, c.known, known_full=c.known_full, prior=prior)
+
+    def within(s: QuantSim) -> bool:
+        return ctx.budget.allows(ctx.budget.relative(s)) if ctx.budget is not None else True
+
+    screened = screen(ctx, candidates, score, within)
+    mine = [s for s in screened if s.candidate.current]
+    if len(mine) > 1:  # near-tie scheme pairs: the eval's best is the stage's result and choice
+        tried = ", ".join(f"{s.candidate.pair}={s.score:.4f}" for s in mine)
+        best = max(mine, key=lambda s: (within(s.candidate.sim), s.num_samples is None, s.score))
+        state.sim, state.pair, state.choice = best.candidate.sim, str(best.candidate.pair), best.candidate.pair
+        tie = f"SQNR near-tie broken by eval: {tried}, kept {best.candidate.pair}"
+        state.note = (state.note + "; " if state.note else "") + tie
+        screened = [s for s in screened if not s.candidate.current or s is best]
+    return screened
 
 
 def _model_stage(ctx: RunContext, model: fx.GraphModule, stage: Stage) -> fx.GraphModule:
@@ -83,13 +129,13 @@ def _sim_stage(ctx: RunContext, state: StageState, stage: Stage) -> None:
     state.sim = spec.apply(state.sim, ctx.calibration, stage.config, forward_fn=ctx.forward_fn, **kwargs)
 
 
-def _run_stage(ctx: RunContext, state: StageState, stage: Stage, keep: KeepBest) -> None:
+def _run_stage(ctx: RunContext, state: StageState, stage: Stage, keep: KeepBest, deferred: Sequence[Candidate] = ()) -> None:
     """Run one stage as its technique's spec says: its ``run`` hook, else its ``apply`` on the model or the sim."""
     spec = registered_techniques()[stage.key]
     if spec.acts_on == "sim":
         if state.sim is None:
             state.sim = ctx.calibrated_sim(state.model, state.pair, state.per_channel)
-        elif keep.holds(state.sim):
+        elif keep.holds(state.sim) or any(c.sim is state.sim for c in deferred):
             state.sim = copy.deepcopy(state.sim)  # the kept best model must not change under the next stage
         (spec.run or _sim_stage)(ctx, state, stage)
     elif spec.run is not None:
@@ -109,6 +155,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
     known: KnownScores | None = ctx.known
     previous: float | None = None
     previous_full: float | None = None  # the previous stage's score when it was a full evaluation
+    deferred: list[Candidate] = []  # stages not evaluated yet (lazy scoring, see _screen)
     completed_early = False
     for index, stage in enumerate(pipeline.stages):
         start = time.perf_counter()
@@ -116,20 +163,31 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         record = known.get(keys[index], ctx.intermediate_num_samples) if known is not None else None
         state.begin(record, previous_full)
         try:
-            _run_stage(ctx, state, stage, keep)
+            _run_stage(ctx, state, stage, keep, deferred)
         except AQSearchError as err:
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {err}") from err
         except Exception as err:
             logger.debug("stage %s failed", stage.key, exc_info=True)
             raise StageError(f"stage {index + 1} ({stage.describe()}) failed: {type(err).__name__}: {err}") from err
+        undone = undo_if_worse(ctx, stage.key, state, deferred, index, [s.key for s in pipeline.stages[index + 1 :]])
         sim = state.sim
         assert sim is not None
+        screened: list[Screened] = []
         if record is not None:
             score = float(record["score"])
             samples = record.get("num_samples")
             samples = int(samples) if samples is not None else None
+        elif defers(ctx, pipeline.stages, index, False):  # lazy: the next stage is cheap (see _screen)
+            if not undone:  # an undone stage's sim is the deferred one before it
+                deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))
+            score, samples = math.nan, 0
+            state.note = (state.note + "; " if state.note else "") + "not evaluated (the next stage is cheap)"
         else:
-            score, samples = _score(ctx, sim, state.known_score, known_full=state.known_full)
+            screened = _screen_stage(ctx, state, index, stage.key, sim, deferred)
+            deferred = []
+            sim = state.sim
+            mine = next((s for s in screened if s.candidate.current), None)
+            score, samples = (mine.score, mine.num_samples) if mine is not None else (math.nan, 0)
         relative = ctx.budget.relative(sim) if ctx.budget is not None else None
         within = ctx.budget.allows(relative) if ctx.budget is not None else True
         calls1, samples1, eq1 = meter(ctx)
@@ -142,7 +200,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             state.note,
             eval_samples=samples1 - samples0,
             eval_equivalents=round(eq1 - eq0, 6),
-            gain=None if previous is None else score - previous,
+            gain=None if previous is None or math.isnan(score) else score - previous,
             relative_bops=None if relative is None else round(relative, 4),
             within_budget=within,
             from_study=record is not None,
@@ -150,11 +208,25 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             choice=state.choice,
         )
         results.append(result)
-        if known is not None and record is None:
+        if known is not None and record is None and not math.isnan(score):
             known.add(keys[index], result.to_dict())
-        previous = score
+        met_earlier = False
+        for s in screened:  # deferred stages scored at this stage's screen: their records and keep-best
+            c = s.candidate
+            if c.current:
+                continue
+            r = results[c.index]
+            r.score, r.num_samples = s.score, s.num_samples
+            r.note = f"scored at stage {index + 1}'s screen (its eval calls are counted there)"
+            if known is not None:
+                known.records[r.prefix_key] = r.to_dict()
+            c_within = ctx.budget.allows(ctx.budget.relative(c.sim)) if ctx.budget is not None else True
+            keep.offer(Kept(c.index, s.score, s.num_samples, c_within, c.sim, c.model))
+            met_earlier |= s.num_samples is None and s.score >= ctx.target and c_within
+        previous = None if math.isnan(score) else score  # the next stage's input: its gain and AMP's floor
         previous_full = score if samples is None else None
-        keep.offer(Kept(index, score, samples, within, sim, state.model, state.amp_result))
+        if not math.isnan(score):
+            keep.offer(Kept(index, score, samples, within, sim, state.model, state.amp_result))
         logger.info(
             "stage %d/%d %s: score %.4f (%.1f s, %.2f eval-equivalents)%s",
             index + 1,
@@ -165,6 +237,9 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             result.eval_equivalents,
             " [from the study]" if record is not None else "",
         )
+        if met_earlier:  # an earlier (deferred) stage met the target at this screen: done
+            completed_early = index < len(pipeline.stages) - 1
+            break
         if on_stage is not None and on_stage(index, result):
             completed_early = index < len(pipeline.stages) - 1
             break

@@ -197,7 +197,9 @@ def _run(ctx: RunContext, state: StageState, stage: Any) -> None:
         state.sim = ctx.calibrated_sim(state.model, state.pair, state.per_channel)
         state.note = str(record.get("note", ""))
     else:
-        state.pair, state.sim, state.note, state.known_score = _select_scheme(ctx, state.model, config)
+        ties: list[tuple[float, str, QuantSim]] = []
+        state.pair, state.sim, state.note, state.known_score = _select_scheme(ctx, state.model, config, ties)
+        state.alternatives = [(pair, sim, value) for value, pair, sim in ties if pair != state.pair]
     state.choice = state.pair
 
 
@@ -242,10 +244,19 @@ def output_sqnr(reference: Sequence[Tensor], outputs: Sequence[Tensor]) -> float
 
 
 def _select_scheme(
-    ctx: RunContext, model: fx.GraphModule, config: SchemeSelectConfig
+    ctx: RunContext,
+    model: fx.GraphModule,
+    config: SchemeSelectConfig,
+    ties: list[tuple[float, str, QuantSim]] | None = None,
 ) -> tuple[str, QuantSim, str, float | None]:
-    """The best pair, its sim, a note, and its eval score when ``select_by="eval"`` (``None`` for sqnr)."""
+    """The best pair, its sim, a note, and its eval score when ``select_by="eval"`` (``None`` for sqnr).
+
+    With ``select_by="sqnr"``, ``ties`` (when given) receives ``(sqnr, pair, sim)`` of every pair whose
+    SQNR is within ``ctx.tie_db`` (the space's ``proxy_tie_db``) of the best (the best included), for the stage's screen to break
+    the tie by evaluation (see :mod:`._screen`).
+    """
     best: tuple[float, str, QuantSim] | None = None
+    scored: list[tuple[float, str, QuantSim]] = []
     scores = []
     if config.select_by == "sqnr":
         n_batches = min(_SQNR_BATCHES, len(ctx.calibration))
@@ -259,12 +270,15 @@ def _select_scheme(
             assert ctx.reference_outputs is not None
             score = output_sqnr(ctx.reference_outputs, _outputs(sim.model, ctx, n_batches))
             scores.append(f"{pair}={score:.1f} dB")
+            scored.append((score, pair, sim))
         else:
             score = ctx.evaluate(sim.model, ctx.intermediate_num_samples)
             scores.append(f"{pair}={score:.4f}")
         if best is None or score > best[0]:
             best = (score, pair, sim)
     assert best is not None
+    if ties is not None and config.select_by == "sqnr" and ctx.tie_db > 0:
+        ties.extend(t for t in scored if best[0] - t[0] <= ctx.tie_db)
     note = "selected " + best[1] + " of " + ", ".join(scores)
     return best[1], best[2], note, (best[0] if config.select_by == "eval" else None)
 

@@ -88,6 +88,10 @@ class SearchSpace:
     intermediate_num_samples: int | None = None
     replay_reference: bool | str = True  # True, False or "aimet" (AIMET's own flow, see _aimet_flow.py)
     max_relative_bops: float = 1.5
+    #: ``every``: evaluate after every stage; ``lazy``: not before a cheap stage (see ``search/_screen.py``)
+    stage_scoring: str = "every"
+    #: output-SQNR gap (dB) under which candidates tie and the eval breaks the tie (0: off; see ``search/_screen.py``)
+    proxy_tie_db: float = 0.0
     description: str = ""
     source: str = "<dict>"
     #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
@@ -109,6 +113,10 @@ class SearchSpace:
         """The space as the plain data it was loaded from (round-trips through :func:`load_search_space`)."""
         by_section = {spec.space_key: spec for spec in _specs().values()}
         extra: dict[str, Any] = {} if self.target is None else {"target": self.target}  # absent: old fingerprints unchanged
+        if self.stage_scoring != "every":
+            extra["stage_scoring"] = self.stage_scoring
+        if self.proxy_tie_db:
+            extra["proxy_tie_db"] = self.proxy_tie_db
         for key, section in self.techniques.items():
             spec = by_section.get(key)
             extra[key] = section_to_yaml(spec, section) if spec is not None else section.to_yaml()
@@ -144,6 +152,8 @@ _TOP_KEYS = {
     "replay_reference",
     "max_relative_bops",
     "target",
+    "stage_scoring",
+    "proxy_tie_db",
 }
 
 
@@ -199,6 +209,12 @@ def _parse(data: Any, source: str) -> SearchSpace:
     max_bops = top.get("max_relative_bops", 1.5)
     if isinstance(max_bops, bool) or not isinstance(max_bops, (int, float)) or not max_bops >= 1.0 or max_bops == float("inf"):
         raise where.error("max_relative_bops", f"must be a number >= 1. Got {max_bops!r} instead.")
+    stage_scoring = top.get("stage_scoring", "every")
+    if stage_scoring not in ("every", "lazy"):
+        raise where.error("stage_scoring", f"must be every or lazy. Got {stage_scoring!r} instead.")
+    tie_db = top.get("proxy_tie_db", 0.0)
+    if isinstance(tie_db, bool) or not isinstance(tie_db, (int, float)) or not 0.0 <= tie_db <= 20.0:
+        raise where.error("proxy_tie_db", f"must be a number of dB from 0 (off) to 20. Got {tie_db!r} instead.")
     target = top.get("target")
     if target is not None:
         from ..targets import TARGETS
@@ -218,6 +234,8 @@ def _parse(data: Any, source: str) -> SearchSpace:
         intermediate_num_samples=positive_int("intermediate_num_samples", None, allow_none=True),
         replay_reference=replay,
         max_relative_bops=float(max_bops),
+        stage_scoring=stage_scoring,
+        proxy_tie_db=float(tie_db),
         description=str(top.get("description", "")),
         source=source,
         target=target,

@@ -184,8 +184,9 @@ def _trial_note(run: PipelineRun, amp: AmpSummary | None) -> str:
     for i, st in enumerate(run.stages):
         label = labels[i] if i < len(labels) else st.stage
         samples = "all samples" if st.num_samples is None else f"{st.num_samples} samples"
+        score = "not evaluated" if math.isnan(st.score) else f"{st.score:.4f}"  # lazy stage scoring (search/_screen.py)
         lines.append(
-            f"| {i + 1} | `{label}` | {st.score:.4f} | {samples} | {st.seconds:.2f} | {_short(st.note.replace('|', '/'), 120)} |"
+            f"| {i + 1} | `{label}` | {score} | {samples} | {st.seconds:.2f} | {_short(st.note.replace('|', '/'), 120)} |"
         )
     if run.completed_early:
         lines += ["", f"Met the target after stage {len(run.stages)}; the rest of `{run.pipeline}` was not needed."]

@@ -150,6 +150,7 @@ def test_some_trials_are_pruned(digits: DigitsCase, tmp_path: Path) -> None:
         n_startup_trials=8,
         replay_reference=False,
         pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "percentile": 25.0},
+        stage_scoring="every",  # pruning needs a score after every stage (lazy scoring skips those before a cheap one)
     )
     space["scheme"]["candidates"] = ["tf/tf", "mse/mse", "tf_enhanced/tf_enhanced", "tf_enhanced/percentile:99.9"]
     aq = make(digits, tmp_path, param_bw=3, output_bw=4, search_space=space, per_channel=False)
