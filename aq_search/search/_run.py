@@ -69,9 +69,19 @@ def _score(
     if known is None and n is not None and ctx.lazy_scoring and prior is not None and could_meet(prior, n, ctx.target, margin):
         return ctx.evaluate(sim.model, None), None
     score = ctx.evaluate(sim.model, n) if known is None else known
-    if n is not None and could_meet(score, n, ctx.target, ctx.fp32_accuracy - ctx.target):
+    if n is not None and could_meet(score, n, ctx.target, margin):
         return ctx.evaluate(sim.model, None), None  # its confidence bound reaches the target: confirm in full
     return score, n
+
+
+def _within_budget(ctx: RunContext, sim: QuantSim) -> bool:
+    """Whether ``sim`` fits the study's BOPs budget (always, without one)."""
+    return ctx.budget.allows(ctx.budget.relative(sim)) if ctx.budget is not None else True
+
+
+def _noted(note: str | None, more: str) -> str:
+    """``note`` with ``more`` appended (``"; "`` between them)."""
+    return (note + "; " if note else "") + more
 
 
 def _screen_stage(
@@ -93,7 +103,7 @@ def _screen_stage(
         return _score(ctx, c.sim, c.known, known_full=c.known_full, prior=prior)
 
     def within(s: QuantSim) -> bool:
-        return ctx.budget.allows(ctx.budget.relative(s)) if ctx.budget is not None else True
+        return _within_budget(ctx, s)
 
     screened = screen(ctx, candidates, score, within)
     mine = [s for s in screened if s.candidate.current]
@@ -102,7 +112,7 @@ def _screen_stage(
         best = max(mine, key=lambda s: (within(s.candidate.sim), s.num_samples is None, s.score))
         state.sim, state.pair, state.choice = best.candidate.sim, str(best.candidate.pair), best.candidate.pair
         tie = f"SQNR near-tie broken by eval: {tried}, kept {best.candidate.pair}"
-        state.note = (state.note + "; " if state.note else "") + tie
+        state.note = _noted(state.note, tie)
         screened = [s for s in screened if not s.candidate.current or s is best]
     return screened
 
@@ -181,7 +191,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             if not undone:  # an undone stage's sim is the deferred one before it
                 deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))
             score, samples = math.nan, 0
-            state.note = (state.note + "; " if state.note else "") + "not evaluated (the next stage is cheap)"
+            state.note = _noted(state.note, "not evaluated (the next stage is cheap)")
         else:
             screened = _screen_stage(ctx, state, index, stage.key, sim, deferred)
             deferred = []
@@ -220,7 +230,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             r.note = f"scored at stage {index + 1}'s screen (its eval calls are counted there)"
             if known is not None:
                 known.records[r.prefix_key] = r.to_dict()
-            c_within = ctx.budget.allows(ctx.budget.relative(c.sim)) if ctx.budget is not None else True
+            c_within = _within_budget(ctx, c.sim)
             keep.offer(Kept(c.index, s.score, s.num_samples, c_within, c.sim, c.model))
             met_earlier |= s.num_samples is None and s.score >= ctx.target and c_within
         previous = None if math.isnan(score) else score  # the next stage's input: its gain and AMP's floor
@@ -261,7 +271,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             r.eval_calls += calls1 - calls0
             r.eval_samples += samples1 - samples0
             r.eval_equivalents = round(r.eval_equivalents + eq1 - eq0, 6)
-            r.note = (r.note + "; " if r.note else "") + "confirmed on the full evaluation"
+            r.note = _noted(r.note, "confirmed on the full evaluation")
             if known is not None:
                 known.records[r.prefix_key] = r.to_dict()
         keep.offer(pending)
