@@ -25,6 +25,7 @@ Both are the space's choice: ``stage_scoring: lazy`` and ``proxy_tie_db`` (the `
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
 from ._context import RunContext
 from ._fidelity import could_meet
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CHEAP_COSTS", "MAX_SCREENED", "Candidate", "Screened", "defers", "proxy_sqnr", "screen", "undo_if_worse"]
 #: most candidates one screen evaluates.
@@ -112,7 +115,9 @@ def reference_outputs(ctx: RunContext) -> bool:
     if ctx.reference_outputs is None:
         try:
             ctx.reference_outputs = _outputs(ctx.model, ctx, min(_SQNR_BATCHES, len(ctx.calibration)))
-        except Exception:  # noqa: BLE001 - no proxy, then every stage is evaluated as before
+        except Exception as exc:  # no proxy, then every stage is evaluated as before
+            logger.info("no output-SQNR proxy (FP32 outputs on calibration batches failed: %s); every stage is evaluated", exc)
+            logger.debug("FP32 outputs for the proxy failed", exc_info=True)
             ctx.reference_outputs = []
     return bool(ctx.reference_outputs)
 
@@ -126,7 +131,8 @@ def proxy_sqnr(ctx: RunContext, sim: QuantSim) -> float | None:
     assert ctx.reference_outputs is not None
     try:
         value = output_sqnr(ctx.reference_outputs, _outputs(sim.model, ctx, len(ctx.reference_outputs)))
-    except Exception:  # noqa: BLE001 - outputs of another shape: no proxy
+    except Exception as exc:  # outputs of another shape: no proxy
+        logger.debug("no output-SQNR proxy for this sim: %s", exc, exc_info=True)
         return None
     return value if not math.isnan(value) else None
 
