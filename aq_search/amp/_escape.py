@@ -9,10 +9,13 @@ configs it can never return. :func:`lift_precision` goes the other way, from the
 1. **Sensitivity without the eval callback.** Each lift (a group, a candidate more precise than the
    group's input format) first gets a free estimate: the relative quantization noise of the group's
    weights (measured on the weights) and input activations (from the calibration histogram) that the
-   lift removes, per unit of added cost. The ``screen`` best by that estimate are then measured: lift
-   only that group and measure the output noise (power of the difference from the model with every
-   quantizer off, over its power) on a calibration batch. The gain of a lift is the output noise it
-   removes; no eval call is spent.
+   lift removes, per unit of added cost. The ``screen`` best by that estimate (by default every lift
+   within the budget, up to :data:`MAX_PROBED`) are then measured: lift only that group and measure the
+   output noise (power of the difference from the model with every quantizer off, over its power) on a
+   calibration batch. The gain of a lift is the output noise it removes; no eval call is spent. The free
+   estimate ranks poorly on real models (EfficientNet-Lite0 W4A8: the ten it ranked best lifted the
+   score from 0.14 to 0.20 with 1.03x the BOPs; measuring all 150 lifts, a forward pass of 8 samples
+   each, reached 0.72 at the 1.5x budget with the same two evaluations), so it only orders the probes.
 2. **Order.** Lifts go in order of gain per unit of added cost (BOPs or model size); a lift that would
    take the config over the budget is skipped. The prefixes of that list are configs of increasing
    cost and falling noise, the last one the most precise config within the budget.
@@ -47,12 +50,14 @@ from ._limits import budget_limit, input_assignment
 from ._state import GroupPrecisions
 from ._types import EvalCallback, MixedPrecisionResult, ParetoPoint, SensitivityEntry
 
-__all__ = ["NOISE_SHARE", "is_lift", "lift_precision", "lifts_pay"]
+__all__ = ["MAX_PROBED", "NOISE_SHARE", "is_lift", "lift_precision", "lifts_pay"]
 
 logger = logging.getLogger(__name__)
 
 #: The first config evaluated is the shortest prefix removing this share of the removable output noise.
 NOISE_SHARE = 0.8
+#: Most lifts measured with an output probe by default (the best by the free estimate).
+MAX_PROBED = 256
 
 
 def _rank(fmt: tuple[int, str]) -> float:
@@ -134,7 +139,7 @@ def lift_precision(
     cost: str = "bops",
     num_samples: int | None = None,
     max_evals: int = 3,
-    screen: int = 10,
+    screen: int | None = None,
     input_accuracy: float | None = None,
     fp32_accuracy: float | None = None,
 ) -> MixedPrecisionResult:
@@ -150,7 +155,8 @@ def lift_precision(
         cost: ``"bops"`` or ``"size"``.
         num_samples: samples per evaluation (``None``: the full evaluation).
         max_evals: evaluations at most (at least 1).
-        screen: lifts measured with an output probe, the best by the free noise estimate (at least 1).
+        screen: lifts measured with an output probe, the best by the free noise estimate (at least 1;
+            ``None``: every lift within the budget, at most :data:`MAX_PROBED`). Only measured lifts are made.
         input_accuracy: the input's score at the same fidelity, if known: a config scoring below it is
             not returned (the input is restored).
         fp32_accuracy: recorded in the result.
@@ -160,6 +166,8 @@ def lift_precision(
         every group at its highest candidate, as :func:`apply_mixed_precision` reports it).
     """
     parsed = parse_candidates(candidates, who="lift_precision")
+    if screen is None:
+        screen = MAX_PROBED
     for name, value in (("max_evals", max_evals), ("screen", screen)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"The '{name}' parameter of lift_precision must be an int >= 1. Got {value!r} instead.")

@@ -136,3 +136,52 @@ def test_lift_rejects_a_bad_max_evals(max_evals: int) -> None:
     evaluate, _ = _agreement(model, x_eval)
     with pytest.raises(InvalidInputError, match="max_evals"):
         _lift(sim, calib, evaluate, target_accuracy=0.9, budget=None, max_evals=max_evals)
+
+
+class _DecoyNet(nn.Module):
+    """``hurt`` needs 16-bit weights (as in ``_Net``); ``decoy`` looks worse by weight noise but its output
+    is never used (``gate`` has zero weights), so the free estimate ranks it first and only an output probe
+    tells them apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.first = nn.Linear(16, 64)
+        self.hurt = nn.Linear(64, 16)
+        self.decoy = nn.Linear(10, 4)
+        self.last = nn.Linear(16, 10)
+        self.gate = nn.Linear(4, 10)
+        with torch.no_grad():
+            for layer in (self.first, self.hurt, self.decoy, self.last, self.gate):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
+                layer.bias.zero_()
+            self.first.weight[0].zero_()
+            self.hurt.weight[:, 0] = 500.0  # 8 bits flatten the small weights: noise 1/500^2 of the power ...
+            self.decoy.weight[:, 0] = 20.0  # ... the decoy's far more, at a fraction of the cost: harmless
+            self.gate.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.first(x))
+        y = self.last(torch.relu(self.hurt(h)))
+        return y + self.gate(torch.relu(self.decoy(y)))
+
+
+def test_lift_measures_every_lift_by_default_not_only_the_free_estimates_best() -> None:
+    torch.manual_seed(0)
+    model = _DecoyNet().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(32, 16, generator=g) for _ in range(2)]
+    x_eval = torch.randn(256, 16, generator=g)
+    results = {}
+    for screen in (1, None):
+        sim = QuantSim(model, calib[0], default_param_bw=8, default_output_bw=8, per_channel=True)
+        sim.compute_encodings(lambda m: [m(x) for x in calib])
+        evaluate, _ = _agreement(model, x_eval)
+        results[screen] = (_lift(sim, calib, evaluate, screen=screen), _param_bits(sim))
+    one, one_bits = results[1]
+    assert [e.group for e in one.sensitivity] == ["decoy"]  # the free estimate's best: the decoy
+    assert one_bits["hurt"] == 8 and not one.target_met
+    every, every_bits = results[None]
+    assert {"hurt", "decoy"} <= {e.group for e in every.sensitivity}
+    assert every_bits["hurt"] == 16 and every.target_met
+    assert every_bits["decoy"] == 8  # measured: lifting it removes no output noise
