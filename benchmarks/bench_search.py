@@ -84,8 +84,9 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
     n_trials: int | None = args.budget
     if strategy in ("reference", "reference-aimet"):
         n_trials = 1  # AIMET's recipe alone: without the cheap-first orderings it is the first trial enqueued
-        cheap = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
-        space["orderings"] = [o for o in space["orderings"] if o not in cheap]
+        from aq_search.search._reference import _CHEAP_FIRST  # the cheap-first trial 0's orderings
+
+        space["orderings"] = [o for o in space["orderings"] if o not in _CHEAP_FIRST]
         if strategy == "reference-aimet":
             space["replay_reference"] = "aimet"  # AIMET AutoQuant's own flow (see aq_search/search/_aimet_flow.py)
     elif strategy == "random":
