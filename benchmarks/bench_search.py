@@ -84,8 +84,9 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
     n_trials: int | None = args.budget
     if strategy in ("reference", "reference-aimet"):
         n_trials = 1  # AIMET's recipe alone: without the cheap-first orderings it is the first trial enqueued
-        cheap = ("bnf>cle>scheme>amp>adaround", "bnf>scheme>amp>adaround")
-        space["orderings"] = [o for o in space["orderings"] if o not in cheap]
+        from aq_search.search._reference import _CHEAP_FIRST  # the cheap-first trial 0's orderings
+
+        space["orderings"] = [o for o in space["orderings"] if o not in _CHEAP_FIRST]
         if strategy == "reference-aimet":
             space["replay_reference"] = "aimet"  # AIMET AutoQuant's own flow (see aq_search/search/_aimet_flow.py)
     elif strategy == "random":
@@ -164,6 +165,8 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
                 "pipeline": t.user_attrs.get("pipeline_applied"),
             }
     first = res.study.trials[0].user_attrs if res.study.trials else {}
+    trials = [_trial_record(t) for t in res.study.trials]
+    reference_trial = next((r for r in trials if r["reference_recipe"]), None)
     shutil.rmtree(results_dir, ignore_errors=True)
     return {
         "strategy": strategy,
@@ -182,6 +185,26 @@ def run_one(case: dict[str, Any], strategy: str, seed: int, args: argparse.Names
         "reference_flow": first.get("reference_flow"),
         "reference_early_exit": first.get("reference_early_exit"),
         "reference_w32": first.get("reference_w32"),
+        "reference_trial": reference_trial,
+        "trial_records": trials,
+    }
+
+
+def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One trial in short: its value (its best stage), which stage won, its cost and whether it is the reference."""
+    a = t.user_attrs
+    return {
+        "trial": t.number,
+        "state": t.state.name,
+        "value": t.value,
+        "reference_recipe": bool(a.get("reference_recipe")),
+        "ordering": a.get("ordering"),
+        "best_stage_label": a.get("best_stage_label"),
+        "pipeline_applied": a.get("pipeline_applied"),
+        "within_budget": a.get("within_budget"),
+        "eval_calls": a.get("eval_calls"),
+        "eval_equivalents": a.get("eval_equivalents"),
+        "wall_seconds": a.get("wall_seconds"),
     }
 
 
@@ -240,6 +263,12 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    header = {  # taken before the runs: a commit made while they run must not be credited with them
+        "command": f"flock /tmp/aq_cpu.lock python {' '.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])}",
+        "date": _meta.now(),
+        "source": _meta.source_state(),
+    }
+    failed: list[str] = []
     runs: list[dict[str, Any]] = []
     for seed in seeds:
         for strategy in strategies:
@@ -247,6 +276,7 @@ def main() -> None:
                 r = run_one(case, strategy, seed, args, workdir)
             except Exception as err:  # noqa: BLE001  # one failed run is reported, the others go on
                 print(f"[bench_search] {strategy} seed {seed} FAILED: {type(err).__name__}: {err}", flush=True)
+                failed.append(f"{strategy} seed {seed}")
                 continue
             runs.append(r)
             reach = r["reach"]
@@ -259,11 +289,50 @@ def main() -> None:
                 + (f"; {r['reference_early_exit']}" if r.get("reference_early_exit") else ""),
                 flush=True,
             )
+            write_report(runs, strategies, seeds, args, title, header, failed)
+    print(write_report(runs, strategies, seeds, args, title, header, failed), end="")
+
+
+def _per_seed(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per run: what it returned, when it met the target, and what trial 0 / the reference trial scored."""
+
+    def trial(rec: dict[str, Any] | None) -> str:
+        if rec is None or rec.get("value") is None:
+            return "-" if rec is None else f"trial {rec['trial']} {rec['state'].lower()}"
+        return f"{rec['value']:.4f} (trial {rec['trial']}, best stage {rec.get('best_stage_label') or '?'})"
+
+    rows = [
+        "| strategy | seed | met | returned acc. | trial that met | eval-equivalents to target | trial 0 | reference trial |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        reach = r["reach"]
+        first = r["trial_records"][0] if r.get("trial_records") else None
+        rows.append(
+            f"| {r['strategy']} | {r['seed']} | {'yes' if reach else 'no'} | {r['accuracy']:.4f} | "
+            f"{'-' if reach is None else reach['trial']} | {'-' if reach is None else reach['eval_equivalents']} | "
+            f"{trial(first)} | {trial(r.get('reference_trial'))} |"
+        )
+    return rows
+
+
+def write_report(
+    runs: list[dict[str, Any]],
+    strategies: list[str],
+    seeds: list[int],
+    args: argparse.Namespace,
+    title: str,
+    header: dict[str, str],
+    failed: list[str],
+) -> str:
+    """Write the Markdown table and the JSON (after every run, so a stopped benchmark keeps what it measured)."""
+    if not runs:
+        return ""
     fp32, target = runs[0]["fp32"], runs[0]["target"]
     lines = [
-        f"Command: `flock /tmp/aq_cpu.lock python {' '.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])}`  ",
-        f"Machine: {_meta.machine()}; {args.threads} torch thread(s); date {_meta.now()}; aq-search "
-        f"{_meta.source_state()}; all runs in one process, one after the other.  ",
+        f"Command: `{header['command']}`  ",
+        f"Machine: {_meta.machine()}; {args.threads} torch thread(s); date {header['date']}; aq-search "
+        f"{header['source']}; all runs in one process, one after the other.  ",
         f"Case: {title}; W{args.param_bw}A{args.output_bw} {'per-channel' if args.per_channel else 'per-tensor'}; FP32 "
         f"{fp32:.4f}; allowed drop {args.allowed_drop} (target {target:.4f}); space `{args.space}`; budget {args.budget} "
         f"trials (reference: 1); AdaRound "
@@ -276,7 +345,8 @@ def main() -> None:
     ]
     for strategy in strategies:
         if not any(r["strategy"] == strategy for r in runs):
-            lines.append(f"| {strategy} | failed (see the log) | | | | | | | | |")
+            done = len(runs) + len(failed) >= len(seeds) * len(strategies)
+            lines.append(f"| {strategy} | {'failed (see the log)' if done else 'not run yet'} | | | | | | | | |")
             continue
         s = _summary([r for r in runs if r["strategy"] == strategy])
         lines.append(
@@ -287,13 +357,17 @@ def main() -> None:
         "",
         "Median (min-max) over the seeds that met the target (within the BOPs budget); whole-run figures over all "
         "seeds. Eval-equivalents: evaluated samples / the full evaluation's size (a full evaluation counts 1).",
+        "",
+        *_per_seed(runs),
+        "",
+        f"Runs finished: {len(runs)} of {len(seeds) * len(strategies)}" + (f"; failed: {', '.join(failed)}." if failed else "."),
     ]
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1, default=str))
-    print(text)
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "header": header, "runs": runs}, indent=1, default=str))
+    return text
 
 
 if __name__ == "__main__":
