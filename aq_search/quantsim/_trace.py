@@ -9,7 +9,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
 from .._data import as_model_args
@@ -167,9 +168,47 @@ def propagate_shapes(gm: fx.GraphModule, dummy_input: Any) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*flat)
+            _ShapeProp(gm).run(*flat)
     finally:
         gm.train(training)
+
+
+_MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+
+
+def _tensor_metadata(t: Tensor) -> TensorMetadata:
+    """``torch.fx.passes.shape_prop._extract_tensor_metadata`` for a plain dense tensor, with the memory format
+    from the tensor's own contiguity flags (torch's asks ``torch._check``, which imports sympy on first use)."""
+    if t.layout != torch.strided or t.is_quantized or (type(t) is not Tensor and not isinstance(t, nn.Parameter)):
+        return _extract_tensor_metadata(t)
+    fmt = next((f for f in _MEMORY_FORMATS if t.is_contiguous(memory_format=f)), None)
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), fmt, False, {})
+
+
+class _ShapeProp(fx.Interpreter):
+    """``torch.fx.passes.shape_prop.ShapeProp`` on real tensors: the same ``tensor_meta`` and ``type`` per
+    node, without its first call's import of ``torch.fx.experimental.symbolic_shapes`` (and sympy, about
+    a second), which it needs only for fake tensors."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            raise RuntimeError(f"ShapeProp error for: node={n.format_node()} with meta={n.meta}") from err
+        found = False
+
+        def extract(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, Tensor):
+                found = True
+                return _tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
 
 
 #: Layers that always compute something (an ATen op or more), so torch.export's graph has them too.
@@ -217,9 +256,7 @@ class _ChainTracer(fx.Tracer):
         return self._is_leaf(m, module_qualified_name)
 
 
-def capture_layer_chain(
-    model: nn.Module, dummy_input: Any, is_leaf: Callable[[nn.Module, str], bool]
-) -> fx.GraphModule | None:
+def capture_layer_chain(model: nn.Module, dummy_input: Any, is_leaf: Callable[[nn.Module, str], bool]) -> fx.GraphModule | None:
     """The graph of a model that is a chain of standard layers, by symbolic tracing; ``None`` otherwise.
 
     ``torch.export`` costs seconds (its first call imports ``torch._dynamo``, then it traces on fake
