@@ -29,7 +29,7 @@ from ._layers import KNOWN_LEAVES
 from ._layers import PASSTHROUGH_LAYERS as PASSTHROUGH_LAYERS
 from ._layers import WEIGHT_LAYERS as WEIGHT_LAYERS
 from ._report import PreparationReport, Problem, _State
-from ._trace import check_dummy_input, check_model, leaf_spec, propagate_shapes, run_model, trace_model
+from ._trace import capture_layer_chain, check_dummy_input, check_model, leaf_spec, propagate_shapes, run_model, trace_model
 
 __all__ = [
     "PreparationReport",
@@ -108,7 +108,8 @@ def _short(err: BaseException, limit: int = 600) -> str:
 def _capture(
     module: nn.Module, dummy_input: Any, leaf_modules: Sequence[type[nn.Module] | str], reference: Any
 ) -> tuple[fx.GraphModule, _State]:
-    """torch.export first, torch.fx symbolic tracing when export (or the graph it gives) fails."""
+    """torch.export first, torch.fx symbolic tracing when export (or the graph it gives) fails; a plain
+    chain of standard layers is traced with torch.fx directly (the same graph, without export's seconds)."""
     types, names = leaf_spec(leaf_modules)
 
     def is_leaf(m: nn.Module, path: str) -> bool:
@@ -119,6 +120,17 @@ def _capture(
         home = type(m).__module__
         return home.startswith(("torch.nn", "torch.ao.nn", "aq_search.")) and not isinstance(m, nn.Sequential)
 
+    chain = capture_layer_chain(_without_cache(module), dummy_input, is_leaf)
+    if chain is not None:  # export would give this very graph, seconds later (see capture_layer_chain)
+        state = _State(front_end="torch.fx")
+        try:
+            _finish(chain, dummy_input, reference, state)
+        except ModelPreparationError as err:
+            logger.debug("the layer chain does not compute the model's function, trying torch.export: %s", err)
+        else:
+            note = "captured with torch.fx symbolic tracing: a chain of standard layers, the graph torch.export gives"
+            state.problems.append(Problem("info", "<model>", note))
+            return chain, state
     try:
         captured = capture_with_export(_without_cache(module), dummy_input, is_leaf)
         state = _State(front_end="torch.export")

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
-from torch.fx.passes.shape_prop import ShapeProp
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils import _pytree as pytree
 
 from .._data import as_model_args
 from .._device import check_same_device
 from .._errors import InvalidInputError, ModelPreparationError
 
-__all__ = ["check_dummy_input", "check_model", "leaf_spec", "propagate_shapes", "run_model", "trace_model"]
+__all__ = [
+    "capture_layer_chain",
+    "check_dummy_input",
+    "check_model",
+    "leaf_spec",
+    "propagate_shapes",
+    "run_model",
+    "trace_model",
+]
 
 
 class _Tracer(fx.Tracer):
@@ -159,6 +168,151 @@ def propagate_shapes(gm: fx.GraphModule, dummy_input: Any) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(*flat)
+            _ShapeProp(gm).run(*flat)
     finally:
         gm.train(training)
+
+
+_MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last, torch.channels_last_3d)
+
+
+def _tensor_metadata(t: Tensor) -> TensorMetadata:
+    """``torch.fx.passes.shape_prop._extract_tensor_metadata`` for a plain dense tensor, with the memory format
+    from the tensor's own contiguity flags (torch's asks ``torch._check``, which imports sympy on first use)."""
+    if t.layout != torch.strided or t.is_quantized or (type(t) is not Tensor and not isinstance(t, nn.Parameter)):
+        return _extract_tensor_metadata(t)
+    fmt = next((f for f in _MEMORY_FORMATS if t.is_contiguous(memory_format=f)), None)
+    return TensorMetadata(t.shape, t.dtype, t.requires_grad, t.stride(), fmt, False, {})
+
+
+class _ShapeProp(fx.Interpreter):
+    """``torch.fx.passes.shape_prop.ShapeProp`` on real tensors: the same ``tensor_meta`` and ``type`` per
+    node, without its first call's import of ``torch.fx.experimental.symbolic_shapes`` (and sympy, about
+    a second), which it needs only for fake tensors."""
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as err:
+            raise RuntimeError(f"ShapeProp error for: node={n.format_node()} with meta={n.meta}") from err
+        found = False
+
+        def extract(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, Tensor):
+                found = True
+                return _tensor_metadata(obj)
+            return obj
+
+        meta = map_aggregate(result, extract)
+        if found:
+            n.meta["tensor_meta"] = meta
+        n.meta["type"] = type(result)
+        return result
+
+
+#: Layers that always compute something (an ATen op or more), so torch.export's graph has them too.
+#: Not here: layers that can be no-ops (Identity, Dropout in eval, a Flatten of one dimension is
+#: checked on shapes), and user classes (their forward may be anything).
+_CHAIN_LAYERS: frozenset[type[nn.Module]] = frozenset(
+    {
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.Hardtanh,
+        nn.GELU,
+        nn.SiLU,
+        nn.Sigmoid,
+        nn.Tanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.LeakyReLU,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveAvgPool3d,
+        nn.MaxPool1d,
+        nn.MaxPool2d,
+        nn.MaxPool3d,
+        nn.Flatten,
+    }
+)
+
+
+class _ChainTracer(fx.Tracer):
+    def __init__(self, is_leaf: Callable[[nn.Module, str], bool]) -> None:
+        super().__init__()
+        self._is_leaf = is_leaf
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return self._is_leaf(m, module_qualified_name)
+
+
+def capture_layer_chain(model: nn.Module, dummy_input: Any, is_leaf: Callable[[nn.Module, str], bool]) -> fx.GraphModule | None:
+    """The graph of a model that is a chain of standard layers, by symbolic tracing; ``None`` otherwise.
+
+    ``torch.export`` costs seconds (its first call imports ``torch._dynamo``, then it traces on fake
+    tensors); symbolic tracing takes milliseconds. When the traced graph is nothing but calls of the
+    standard layers in ``_CHAIN_LAYERS`` (exact classes, each called once on one tensor and used once, each a
+    leaf by ``is_leaf``, the export front end's rule) from one floating-point tensor input, export's graph after
+    rolling those layers back into modules is this graph: the same layers, called in the same order on
+    the same values. Anything else (functions, methods, attributes, keyword or defaulted inputs, other
+    layers) returns ``None``, and the caller uses export.
+    """
+    args, kwargs = as_model_args(dummy_input)
+    if kwargs or len(args) != 1 or not (isinstance(args[0], Tensor) and args[0].is_floating_point()):
+        return None
+    tracer = _ChainTracer(is_leaf)
+    try:
+        graph = tracer.trace(model)
+    except Exception:  # noqa: BLE001 - not a chain fx can follow: export decides
+        return None
+    modules = dict(model.named_modules())
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    if len(placeholders) != 1 or placeholders[0].args:  # defaulted or extra inputs
+        return None
+    if len(graph.nodes) != len(placeholders) + len(calls) + 1:  # a function, method or attribute
+        return None
+    targets = [str(n.target) for n in calls]
+    if len(set(targets)) != len(targets):  # a layer called twice
+        return None
+    for node, target in zip(calls, targets, strict=True):
+        module = modules.get(target)
+        if type(module) not in _CHAIN_LAYERS or node.kwargs or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+            return None
+        if len(node.users) != 1:  # unused (export drops it) or branching: not a chain
+            return None
+    output = next(n for n in graph.nodes if n.op == "output")
+    result = output.args[0]
+    if not (isinstance(result, fx.Node) and result.op == "call_module"):
+        return None
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    try:
+        propagate_shapes(gm, dummy_input)
+    except Exception:  # noqa: BLE001 - let export (and its error reporting) handle it
+        return None
+    for node, target in zip(calls, targets, strict=True):
+        module = modules[target]
+        if isinstance(module, nn.Flatten) and not _flattens(module, node.args[0]):
+            return None  # a Flatten of one dimension returns its input: export records no op for it
+    return gm
+
+
+def _flattens(module: nn.Flatten, source: Any) -> bool:
+    """Whether the Flatten merges two or more dimensions of its input (else it is a no-op)."""
+    meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+    shape = getattr(meta, "shape", None)
+    if shape is None or len(shape) == 0:
+        return False
+    rank = len(shape)
+    start, end = module.start_dim % rank, module.end_dim % rank
+    return end > start

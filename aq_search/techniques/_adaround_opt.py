@@ -162,6 +162,43 @@ def _beta(it: int, params: AdaRoundParams) -> float:
     return b1 + (b0 - b1) * max(0.0, 1.0 - rel)
 
 
+class _FusedAdam:
+    """``torch.optim.Adam([param], lr=lr, fused=True)`` for one tensor: its state and its ``step()``, the same
+    kernel call (``torch._fused_adam_``) on the same values, so the same results bit for bit. Not through
+    ``torch.optim``, whose first ``add_param_group`` and ``step`` import ``torch._dynamo`` (about two seconds
+    of a search's wall time on a CPU, for a graph-break marker the hand-written loop does not need)."""
+
+    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.param, self.lr, self.betas, self.eps = param, float(lr), betas, eps
+        self.exp_avg = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.exp_avg_sq = torch.zeros_like(param, memory_format=torch.preserve_format)
+        self.steps = torch.zeros((), dtype=torch.float32, device=param.device)  # fused Adam counts in float32
+
+    def step(self) -> None:
+        grad = self.param.grad
+        if grad is None:
+            return
+        with torch.no_grad():
+            torch._foreach_add_([self.steps], 1)
+            torch._fused_adam_(
+                [self.param],
+                [grad],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [],
+                [self.steps],
+                amsgrad=False,
+                lr=self.lr,
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                weight_decay=0.0,
+                eps=self.eps,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+
 class _SoftWeight:
     """``w_soft = s * (clamp(floor(w/s) + h(V) + zp, qmin, qmax) - zp)`` with its gradient, computed by hand.
 
@@ -181,7 +218,7 @@ class _SoftWeight:
         self.slope = s.masked_fill(frozen, 0.0) if bool(frozen.any()) else s
         frac = (ratio - floor).clamp(0.0, 1.0)
         self.v = (-torch.log((_ZETA - _GAMMA) / (frac - _GAMMA) - 1.0)).requires_grad_(True)
-        self.optimizer = torch.optim.Adam([self.v], lr=lr, fused=True)
+        self.optimizer = _FusedAdam(self.v, lr)
         self._sig = torch.empty_like(w)
         self.h = torch.empty_like(w)
 
