@@ -10,6 +10,7 @@ __all__ = [
     "AVG_POOLS",
     "BATCHNORMS",
     "CONVS",
+    "ELEMENTWISE_ACTIVATIONS",
     "FUSABLE_ACTIVATIONS",
     "FUSABLE_PRODUCERS",
     "KNOWN_LEAVES",
@@ -67,21 +68,25 @@ AVG_POOLS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveAvgPool3d,
 )
+#: Element-wise activations without parameters.
+ELEMENTWISE_ACTIVATIONS: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.LeakyReLU,
+)
 KNOWN_LEAVES: tuple[type[nn.Module], ...] = (
     WEIGHT_LAYERS
     + PASSTHROUGH_LAYERS
     + BATCHNORMS
+    + ELEMENTWISE_ACTIVATIONS
     + (
-        nn.ReLU,
-        nn.ReLU6,
-        nn.Hardtanh,
-        nn.GELU,
-        nn.SiLU,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.Hardswish,
-        nn.Hardsigmoid,
-        nn.LeakyReLU,
         nn.PReLU,
         nn.ELU,
         nn.Softplus,

@@ -16,6 +16,7 @@ from torch.utils import _pytree as pytree
 from .._data import as_model_args
 from .._device import check_same_device
 from .._errors import InvalidInputError, ModelPreparationError
+from ._layers import AVG_POOLS, BATCHNORMS, ELEMENTWISE_ACTIVATIONS
 
 __all__ = [
     "capture_layer_chain",
@@ -215,35 +216,13 @@ class _ShapeProp(fx.Interpreter):
 #: Not here: layers that can be no-ops (Identity, Dropout in eval, a Flatten of one dimension is
 #: checked on shapes), and user classes (their forward may be anything).
 _CHAIN_LAYERS: frozenset[type[nn.Module]] = frozenset(
-    {
-        nn.Conv1d,
-        nn.Conv2d,
-        nn.Conv3d,
-        nn.Linear,
-        nn.BatchNorm1d,
-        nn.BatchNorm2d,
-        nn.BatchNorm3d,
-        nn.ReLU,
-        nn.ReLU6,
-        nn.Hardtanh,
-        nn.GELU,
-        nn.SiLU,
-        nn.Sigmoid,
-        nn.Tanh,
-        nn.Hardswish,
-        nn.Hardsigmoid,
-        nn.LeakyReLU,
-        nn.AvgPool1d,
-        nn.AvgPool2d,
-        nn.AvgPool3d,
-        nn.AdaptiveAvgPool1d,
-        nn.AdaptiveAvgPool2d,
-        nn.AdaptiveAvgPool3d,
-        nn.MaxPool1d,
-        nn.MaxPool2d,
-        nn.MaxPool3d,
-        nn.Flatten,
-    }
+    (
+        *(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear),
+        *BATCHNORMS,
+        *ELEMENTWISE_ACTIVATIONS,
+        *AVG_POOLS,
+        *(nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Flatten),
+    )
 )
 
 
