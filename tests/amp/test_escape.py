@@ -20,18 +20,23 @@ from aq_search.amp._escape import is_lift, lift_precision, lifts_pay
 from aq_search.techniques import apply_adaround
 
 
+def _random_weights(*layers: nn.Linear) -> None:
+    """Seeded weights scaled by fan-in, zero biases (the same draws on every machine)."""
+    g = torch.Generator().manual_seed(0)
+    for layer in layers:
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
+        layer.bias.zero_()
+
+
 class _Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
         self.first = nn.Linear(16, 64)
         self.hurt = nn.Linear(64, 16)
         self.third = nn.Linear(16, 64)
         self.last = nn.Linear(64, 10)
         with torch.no_grad():
-            for layer in (self.first, self.hurt, self.third, self.last):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
-                layer.bias.zero_()
+            _random_weights(self.first, self.hurt, self.third, self.last)
             self.first.weight[0].zero_()  # feature 0 of `first`'s output is always 0 (relu(0) = 0) ...
             self.hurt.weight[:, 0] = 500.0  # ... and `hurt` weighs it with an outlier that sets its 8-bit scale
 
@@ -145,16 +150,13 @@ class _DecoyNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(0)
         self.first = nn.Linear(16, 64)
         self.hurt = nn.Linear(64, 16)
         self.decoy = nn.Linear(10, 4)
         self.last = nn.Linear(16, 10)
         self.gate = nn.Linear(4, 10)
         with torch.no_grad():
-            for layer in (self.first, self.hurt, self.decoy, self.last, self.gate):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) / layer.in_features**0.5)
-                layer.bias.zero_()
+            _random_weights(self.first, self.hurt, self.decoy, self.last, self.gate)
             self.first.weight[0].zero_()
             self.hurt.weight[:, 0] = 500.0  # 8 bits flatten the small weights: noise 1/500^2 of the power ...
             self.decoy.weight[:, 0] = 20.0  # ... the decoy's far more, at a fraction of the cost: harmless
