@@ -179,7 +179,12 @@ def _report(args: argparse.Namespace, ref: dict[str, Any], ours: dict[str, Any])
         f"Machine: {_meta.machine()}; {args.threads} torch thread(s) in each process; date {_meta.now()}; "
         f"aq-search {_meta.source_state()}; aimet-torch {ref.get('versions', {}).get('aimet_torch', '?')} in its own "
         "process, first. EfficientNet-Lite0, BN-folded (each tool its own fold), per-channel weights; eval: top-1 "
-        "agreement with FP32 on 128 images; SQNR: output vs the FP32 folded model on the 64 calibration images.",
+        "agreement with FP32 on 128 images; SQNR: output vs the FP32 folded model on the 64 calibration images."
+        + (
+            f" AIMET's side was not rerun: its results were reused from {args.workdir}/aimet_quantsim.json."
+            if args.reuse_reference
+            else ""
+        ),
         "",
         f"FP32 (folded): AIMET {ref['fp32']['accuracy']:.4f}, ours {ours['fp32']['accuracy']:.4f}.",
         "",
@@ -265,7 +270,12 @@ def main() -> None:
         default="",
         help="extra import path for the reference process (e.g. a folder linking the EfficientNet-Lite0 packages)",
     )
-    ap.add_argument("--reuse-reference", action="store_true", help="reuse the AIMET results in --workdir")
+    ap.add_argument(
+        "--reuse-reference",
+        action="store_true",
+        help="reuse the AIMET results in --workdir (aimet_quantsim.json, e.g. a copy of "
+        "benchmarks/results/compare_quantsim_aimet.json; aimet_quantsim_tensors.pt too when present)",
+    )
     ap.add_argument("--cache-dir", default="/tmp/aq_cases")
     ap.add_argument("--workdir", default="/tmp/aq_compare_quantsim")
     ap.add_argument("--out", default=str(HERE / "results" / "compare_quantsim"))
@@ -316,7 +326,12 @@ def main() -> None:
             )
         print(f"[quantsim] reference done in {time.perf_counter() - start:.0f} s; aq-search ...", flush=True)
     ref = json.loads((work / "aimet_quantsim.json").read_text())
-    ref_tensors = torch.load(work / "aimet_quantsim_tensors.pt", weights_only=True)
+    tensors = work / "aimet_quantsim_tensors.pt"
+    if tensors.exists():
+        ref_tensors = torch.load(tensors, weights_only=True)
+    else:  # e.g. a reused reference kept without its (large) tensors file: no per-layer table, no cross-check
+        print(f"[quantsim] {tensors} is missing: skipping the per-layer encodings and the cross-checks", flush=True)
+        ref_tensors = {}
     ours = _ours(case, args, ref_tensors)
     text = _report(args, ref, ours)
     out = Path(args.out)

@@ -67,7 +67,10 @@ def _outputs_close(a: Any, b: Any) -> tuple[bool, float]:
             if x.is_floating_point():
                 diff = float((x - y).abs().max()) if x.numel() else 0.0
                 worst = max(worst, diff)
-                if not torch.allclose(x, y, rtol=1e-4, atol=1e-5, equal_nan=True):
+                # float32 summation order differs between the graph and eager kernels (and between CPUs); that
+                # error grows with the output's scale, so the absolute tolerance follows the reference's magnitude
+                scale = float(x.detach().abs().nan_to_num(posinf=0.0, neginf=0.0).max()) if x.numel() else 0.0
+                if not torch.allclose(x, y, rtol=1e-4, atol=1e-5 + 1e-4 * scale, equal_nan=True):
                     return False, worst
             elif not torch.equal(x, y):
                 return False, float("inf")

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .._errors import InvalidInputError
 from ._fake_quant import MIN_SCALE, int_range
+from ._weight_search import search_weight_range
 
 __all__ = [
     "QUANT_SCHEMES",
@@ -40,6 +41,8 @@ __all__ = [
 
 _NUM_BINS = 2048
 _NUM_CANDIDATES = 128
+#: Weight of the (signed error sum)^2 term in tf_enhanced's weight range search (see _weight_search).
+DEFAULT_BIAS_PENALTY = 1.0
 
 
 class RangeStats:
@@ -228,20 +231,29 @@ class SqnrEstimator(RangeEstimator):
     """``tf_enhanced``: minimize quantization noise plus ``clipping_penalty`` x clipping noise.
 
     For activations the noise is estimated from the histogram (rounding noise ``scale**2 / 12`` per
-    value inside the range, squared distance to the range for clipped values); for weights it is
-    computed exactly on the weight values, per channel.
+    value inside the range, squared distance to the range for clipped values). For weights, AIMET's
+    101 candidate scales per channel are scored exactly on the weight values, with a ``bias_penalty``
+    term for the systematic output shift rounding causes (:mod:`._weight_search`).
     """
 
     name = "tf_enhanced"
 
-    def __init__(self, clipping_penalty: float = 3.0, num_candidates: int = _NUM_CANDIDATES) -> None:
+    def __init__(
+        self,
+        clipping_penalty: float = 3.0,
+        num_candidates: int = _NUM_CANDIDATES,
+        bias_penalty: float = DEFAULT_BIAS_PENALTY,
+    ) -> None:
         if not clipping_penalty > 0:
             raise InvalidInputError(f"The 'clipping_penalty' parameter must be > 0. Got {clipping_penalty!r} instead.")
+        if not bias_penalty >= 0:
+            raise InvalidInputError(f"The 'bias_penalty' parameter must be >= 0. Got {bias_penalty!r} instead.")
         self.clipping_penalty = float(clipping_penalty)
         self.num_candidates = int(num_candidates)
+        self.bias_penalty = float(bias_penalty)
 
     def to_dict(self) -> dict[str, object]:
-        return {"scheme": self.name, "clipping_penalty": self.clipping_penalty}
+        return {"scheme": self.name, "clipping_penalty": self.clipping_penalty, "bias_penalty": self.bias_penalty}
 
     # -- activations -----------------------------------------------------------------------------
     def activation_range(self, stats: RangeStats, bitwidth: int, symmetric: bool) -> tuple[float, float]:
@@ -287,50 +299,14 @@ class SqnrEstimator(RangeEstimator):
 
     # -- parameters ------------------------------------------------------------------------------
     def param_range(self, w: Tensor, axis: int | None, bitwidth: int, symmetric: bool) -> tuple[Tensor, Tensor]:
-        """Exact per-channel noise, coarse-to-fine over the clipping fraction (16 + 16 candidates)."""
+        """AIMET's 101 candidate scales per channel, scored exactly on the weights (:mod:`._weight_search`)."""
         c = _channels(w, axis)
-        qmin, qmax = int_range(bitwidth, symmetric)
-        if symmetric:
-            base_hi = c.abs().amax(1)
-            base_lo = -base_hi
-        else:
-            base_lo = c.amin(1).clamp(max=0.0)
-            base_hi = c.amax(1).clamp(min=0.0)
-        steps = 16
-        coarse = torch.arange(1, steps + 1, dtype=torch.float32, device=c.device) / steps
-        best_f, best_noise = self._best_fraction(c, base_lo, base_hi, coarse.expand(c.shape[0], steps), qmin, qmax, symmetric)
-        span = torch.arange(-steps // 2, steps // 2 + 1, dtype=torch.float32, device=c.device)
-        offsets = (span / (steps * steps // 2))[None, :]
-        fine = torch.clamp(best_f[:, None] + offsets, min=1.0 / (steps * steps), max=1.0)
-        fine_f, fine_noise = self._best_fraction(c, base_lo, base_hi, fine, qmin, qmax, symmetric)
-        f = torch.where(fine_noise < best_noise, fine_f, best_f)
-        return base_lo * f, base_hi * f
-
-    def _best_fraction(
-        self, c: Tensor, base_lo: Tensor, base_hi: Tensor, fracs: Tensor, qmin: int, qmax: int, symmetric: bool
-    ) -> tuple[Tensor, Tensor]:
-        best_noise = torch.full((c.shape[0],), math.inf, device=c.device)
-        best_f = torch.ones(c.shape[0], device=c.device)
-        for k in range(fracs.shape[1]):
-            f = fracs[:, k]
-            lo, hi = base_lo * f, base_hi * f
-            if symmetric:
-                scale = torch.clamp(hi / qmax, min=MIN_SCALE)
-                zp = torch.zeros_like(scale)
-            else:
-                scale = torch.clamp((hi - lo) / (qmax - qmin), min=MIN_SCALE)
-                zp = torch.clamp(torch.round(-lo / scale), qmin, qmax)
-            xq = torch.fake_quantize_per_channel_affine(c, scale, zp.to(torch.int32), 0, qmin, qmax)
-            err = (xq - c).square_()
-            noise = err.sum(1)
-            if self.clipping_penalty != 1.0:
-                s, z = scale[:, None], zp[:, None]
-                clipped = (c > (qmax - z + 0.5) * s) | (c < (qmin - z - 0.5) * s)
-                noise += (self.clipping_penalty - 1.0) * (err * clipped).sum(1)
-            better = noise < best_noise
-            best_noise = torch.where(better, noise, best_noise)
-            best_f = torch.where(better, f, best_f)
-        return best_f, best_noise
+        groups = 1
+        if axis is None and w.dim() >= 2 and w.shape[0] > 0:
+            groups = w.shape[0]  # per tensor: the bias term per output channel (the rows of dim 0)
+        return search_weight_range(
+            c, bitwidth, symmetric, self.clipping_penalty, self.bias_penalty, bias_groups=groups
+        )
 
 
 class MseEstimator(SqnrEstimator):
@@ -339,7 +315,7 @@ class MseEstimator(SqnrEstimator):
     name = "mse"
 
     def __init__(self, num_candidates: int = _NUM_CANDIDATES) -> None:
-        super().__init__(clipping_penalty=1.0, num_candidates=num_candidates)
+        super().__init__(clipping_penalty=1.0, num_candidates=num_candidates, bias_penalty=0.0)
 
     def to_dict(self) -> dict[str, object]:
         return {"scheme": self.name}

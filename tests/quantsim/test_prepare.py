@@ -80,3 +80,20 @@ def test_bad_inputs_have_clear_errors() -> None:
         prepare_model(nn.Linear(4, 2), torch.randn(2, 5))
     report = validate_model(nn.Sequential(nn.Flatten(), nn.Identity()), torch.randn(2, 3))
     assert not report.ok and "nothing to quantize" in str(report.errors[0])
+
+
+def test_capture_check_tolerates_float_reordering_at_scale_but_not_another_function() -> None:
+    """The check that the captured graph computes the model's function: float32 summation-order error grows with the
+    output's magnitude (a BERT's hidden states differ by ~1e-4 between CPUs), a wrong function does not look like that."""
+    from aq_search.quantsim._prepare import _outputs_close
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(4, 16, 384, generator=g) * 5.0
+    reference[0, 0, :4] = torch.tensor([1e-3, -1e-3, 0.0, 2e-6])  # values near zero: relative tolerance alone fails
+    reordered = reference + 2e-4 * torch.sign(torch.randn(reference.shape, generator=g))
+    assert _outputs_close(reference, reordered)[0]
+    assert _outputs_close({"last": reference, "ids": torch.arange(3)}, {"last": reordered, "ids": torch.arange(3)})[0]
+    for wrong in (reference + 0.05, reference * 1.01, reference.flip(-1)):
+        same, diff = _outputs_close(reference, wrong)
+        assert not same and diff > 0.01
+    assert not _outputs_close(reference, reference[:, :8])[0]  # another shape
