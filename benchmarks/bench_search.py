@@ -17,7 +17,7 @@ each strategy runs as a fresh study (new results folder, empty caches), for seve
 * ``search-noreplay``: the search without the replayed trial 0;
 * ``search@<tpe>``: the search with a TPE sampler set up as ``<tpe>`` says (issue 13 point 8): dot-separated
   tokens ``s<N>`` (``n_startup_trials``), ``mv`` (multivariate), ``g`` (group, needs ``mv``), ``cl``
-  (constant liar), e.g. ``search@s4.mv.g.cl`` (the shipped setup) or ``search@s10`` (independent TPE).
+  (constant liar), e.g. ``search@s2.mv.g.cl`` (the ``default`` space's setup) or ``search@s10`` (independent TPE).
 
 Printed per strategy: how many seeds met the target, and eval calls / wall seconds (from the start of
 ``optimize``) until the first trial that met it (median and range over the seeds that met it), plus
@@ -237,7 +237,7 @@ def main() -> None:
     ap.add_argument(
         "--strategies",
         default="reference,search,random,fast-first",
-        help="reference, reference-aimet, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s4.mv.g.cl)",
+        help="reference, reference-aimet, search, random, fast-first, search-noreplay, search@<tpe> (e.g. search@s2.mv.g.cl)",
     )
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--space", default="default")
