@@ -14,10 +14,8 @@ with the shipped default.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
-import math
 import os
 import sys
 import time
@@ -31,22 +29,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _meta  # noqa: E402  (benchmarks/ is not a package)
+from _aimet_reference import load_case  # noqa: E402
 
 CASES = {"digits": "digits.py", "fmnist": "fashion_mnist.py", "effnet": "efficientnet_lite0.py"}
-
-
-def _load_case(name: str, cache_dir: str) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location(f"_case_{name}", HERE / "cases" / CASES[name])
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod.build(cache_dir)  # type: ignore[no-any-return]
-
-
-def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    noise = float((out - ref).double().pow(2).sum())
-    return math.inf if noise == 0 else 10.0 * math.log10(float(ref.double().pow(2).sum()) / noise)
 
 
 def _schemes(bias_penalties: list[float]) -> list[tuple[str, Any]]:
@@ -60,11 +45,12 @@ def _schemes(bias_penalties: list[float]) -> list[tuple[str, Any]]:
 
 def run_case(name: str, bits: int, args: argparse.Namespace) -> list[dict[str, Any]]:
     from aq_search import QuantSim, fold_all_batch_norms
+    from aq_search._numerics import sqnr_db
 
-    case = _load_case(name, args.cache_dir)
-    folded = fold_all_batch_norms(case["model"], case["dummy_input"])
+    spec = f"{HERE / 'cases' / CASES[name]}:build"
+    model, dummy_input, calib, eval_fn, _ = load_case(spec, {"cache_dir": args.cache_dir}, [str(HERE)])
+    folded = fold_all_batch_norms(model, dummy_input)
     folded.eval()
-    calib = case["calib_batches"]
     with torch.no_grad():
         ref = torch.cat([folded(b) for b in calib])
     rows = []
@@ -75,7 +61,7 @@ def run_case(name: str, bits: int, args: argparse.Namespace) -> list[dict[str, A
             start = time.perf_counter()
             sim = QuantSim(
                 folded,
-                case["dummy_input"],
+                dummy_input,
                 quant_scheme=scheme,
                 default_param_bw=bits,
                 default_output_bw=None,
@@ -90,8 +76,8 @@ def run_case(name: str, bits: int, args: argparse.Namespace) -> list[dict[str, A
                 "bits": bits,
                 "per_channel": per_channel,
                 "scheme": label,
-                "sqnr_db": _sqnr_db(ref, out),
-                "accuracy": float(case["eval_fn"](sim.model)),
+                "sqnr_db": sqnr_db(float(ref.double().square().sum()), float((out - ref).double().square().sum())),
+                "accuracy": float(eval_fn(sim.model)),
                 "encode_s": seconds,
             }
             rows.append(row)

@@ -159,9 +159,9 @@ def search_weight_range(
     clip_lb = clipping_lower_bound(sorted_x, prefix, (qmin - zps)[:, None] * scales, (qmax - zps)[:, None] * scales, scales)
     best = torch.empty(n_ch, dtype=torch.long, device=c.device)
     ch_chunk = max(1, max_elements // (n_cand * n))
+    kw = (qmin, qmax, clipping_penalty, bias_penalty)
     for start in range(0, n_ch, ch_chunk):
         sl = slice(start, min(n_ch, start + ch_chunk))
-        kw = (qmin, qmax, clipping_penalty, bias_penalty)
         ref = score_candidates(groups[sl], scales[sl, -1:], zps[sl], *kw)[:, 0]
         # candidates [first, n_cand - 1) can beat min-max only where their clipping costs less than its score
         hopeless = clipping_penalty * clip_lb[sl, :-1] > ref[:, None]
