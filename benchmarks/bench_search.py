@@ -24,7 +24,7 @@ Printed per strategy: how many seeds met the target, and eval calls / wall secon
 trials used. ``--adaround-iterations`` fixes AdaRound's settings for every trial (else the space's
 ranges are searched; the replayed trial 0 then samples them too).
 
-    flock /tmp/aq_cpu.lock python benchmarks/bench_search.py [--case digits|fmnist] [--seeds 0,1,2] \
+    flock /tmp/aq_cpu.lock python benchmarks/bench_search.py [--case digits|fmnist|effnet] [--seeds 0,1,2] \
         [--space default] [--budget 20] [--threads 1] [--out benchmarks/results/bench_search]
 """
 
@@ -55,8 +55,9 @@ import _meta  # noqa: E402  (benchmarks/ is not a package)
 CASES = {
     "digits": ("cases/embedded_digits.py:build", "digits CNN (MobileNet-style), top-1 on 797 held-out digits"),
     "fmnist": ("cases/fashion_mnist.py:build", "Fashion-MNIST CNN, top-1 on 10,000 test images"),
+    "effnet": ("cases/efficientnet_lite0.py:build", "EfficientNet-Lite0, top-1 agreement with FP32 on 128 images"),
 }
-EVAL_SIZES = {"digits": 797, "fmnist": 10_000}  # samples of the full evaluation (eval-equivalents)
+EVAL_SIZES = {"digits": 797, "fmnist": 10_000, "effnet": 128}  # samples of the full evaluation (eval-equivalents)
 
 
 def tpe_sampler(spec: str, seed: int) -> optuna.samplers.TPESampler:

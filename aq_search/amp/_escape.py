@@ -142,6 +142,7 @@ def lift_precision(
     screen: int | None = None,
     input_accuracy: float | None = None,
     fp32_accuracy: float | None = None,
+    first: str = "share",
 ) -> MixedPrecisionResult:
     """Raise the precision of the groups whose quantization noise hurts most, within ``budget``.
 
@@ -160,6 +161,12 @@ def lift_precision(
         input_accuracy: the input's score at the same fidelity, if known: a config scoring below it is
             not returned (the input is restored).
         fp32_accuracy: recorded in the result.
+        first: the config evaluated first: ``"share"``, the shortest prefix removing :data:`NOISE_SHARE`
+            of the removable output noise (then the longest if that misses, and a bisection between them
+            if the longest meets); ``"longest"``, the most precise config within the budget (when it
+            misses, nothing cheaper is evaluated: one call; when it meets, a bisection towards the share
+            prefix looks for a cheaper config that still meets). ``"longest"`` suits a stage that AdaRound
+            follows: AdaRound re-rounds what stays low, so the config it gets should remove the most noise.
 
     Returns:
         A :class:`MixedPrecisionResult` whose config is applied to ``sim`` (``relative_bops`` relative to
@@ -168,6 +175,8 @@ def lift_precision(
     parsed = parse_candidates(candidates, who="lift_precision")
     if screen is None:
         screen = MAX_PROBED
+    if first not in ("share", "longest"):
+        raise InvalidInputError(f"The 'first' parameter of lift_precision must be 'share' or 'longest'. Got {first!r} instead.")
     for name, value in (("max_evals", max_evals), ("screen", screen)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidInputError(f"The '{name}' parameter of lift_precision must be an int >= 1. Got {value!r} instead.")
@@ -180,7 +189,7 @@ def lift_precision(
         noise0 = lifter.noise(start, "the escape hatch's input")
         entries, moves = _rank_lifts(lifter, noise0, limit, screen)
         steps = _prefixes(lifter, start, moves, limit)
-        result = _choose(lifter, evaluator, steps, noise0, target_accuracy, num_samples, max_evals, input_accuracy)
+        result = _choose(lifter, evaluator, steps, noise0, target_accuracy, num_samples, max_evals, input_accuracy, first)
     except BaseException:
         lifter.precisions.restore()
         raise
@@ -312,6 +321,7 @@ def _choose(
     num_samples: int | None,
     max_evals: int,
     input_accuracy: float | None,
+    first_choice: str = "share",
 ) -> tuple[dict[str, Candidate], float, list[ParetoPoint], str]:
     start = lifter.start
     base = lifter.table.cost(lifter.table.baseline(lifter.cost), lifter.cost)
@@ -345,10 +355,14 @@ def _choose(
             logger.info("AMP (lift): %d lift(s): accuracy %.5g (target %.5g)", k, scores[k], target)
         return scores[k]
 
-    first = hi
-    if score(first) < target and first < k_max and len(scores) < max_evals and score(k_max) >= target:
+    share_k = hi
+    if first_choice == "longest":  # the most precise config first: a miss there ends the search (one call)
+        bisect = score(k_max) >= target and share_k < k_max and len(scores) < max_evals and score(share_k) < target
+    else:
+        bisect = score(share_k) < target and share_k < k_max and len(scores) < max_evals and score(k_max) >= target
+    if bisect:
+        lo, hi = share_k, k_max
         # the longest prefix meets the target: bisect for a cheaper config that still meets it
-        lo, hi = first, k_max
         while hi - lo > 1 and len(scores) < max_evals:
             mid = (lo + hi) // 2
             if score(mid) >= target:

@@ -20,6 +20,7 @@ from ._groups import QuantizerGroup
 EvalCallback = Callable[[nn.Module, "int | None"], Any]
 PHASE1_METRICS = ("eval", "sqnr")
 PHASE2_SEARCHES = ("binary", "linear")
+LIFT_FIRST = ("share", "longest")
 
 
 # -- config ---------------------------------------------------------------------------------------------
@@ -39,6 +40,11 @@ class MixedPrecisionConfig(TechniqueConfig):
         phase2_search: ``"binary"`` (about log2(moves) eval calls) or ``"linear"`` (every prefix:
             a complete front).
         refine_evals: eval calls allowed for the refinement after phase 2 (0: none, as AIMET).
+        lift_first: which config the escape hatch (lifting from the input within a cost budget, see
+            :func:`~aq_search.amp.lift_precision`) evaluates first: ``"share"``, the cheapest removing
+            most of the removable output noise, or ``"longest"``, the most precise within the budget
+            (when that misses, no cheaper one is evaluated: one call). A search pipeline sets
+            ``"longest"`` when AdaRound follows AMP. Unused by the top-down search.
 
     Example:
         >>> MixedPrecisionConfig(candidates=("w8a8", ((8, "int"), (4, "int")))).candidates
@@ -54,6 +60,7 @@ class MixedPrecisionConfig(TechniqueConfig):
     phase1_metric: str = "eval"
     phase2_search: str = "binary"
     refine_evals: int = 0
+    lift_first: str = "share"
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "num_samples_for_phase_1": [Interval(int, 1, None), NoneValue()],
@@ -62,6 +69,7 @@ class MixedPrecisionConfig(TechniqueConfig):
         "phase1_metric": [Options(*PHASE1_METRICS)],
         "phase2_search": [Options(*PHASE2_SEARCHES)],
         "refine_evals": [Interval(int, 0, None)],
+        "lift_first": [Options(*LIFT_FIRST)],
     }
 
     def __post_init__(self) -> None:

@@ -67,9 +67,12 @@ def aimet_candidates(param_bw: int, output_bw: int) -> tuple[str, ...]:
 
 
 def aimet_adaround(user: Any, param_bw: int, calibration: Sequence[Any]) -> Any:
-    """The user's ``AdaRoundParams``, else AIMET's defaults run to the last iteration (no early stop)."""
+    """The user's ``AdaRoundParams`` (AIMET's learning rate where they leave it unset), else AIMET's defaults
+    run to the last iteration (no early stop)."""
     params = reference_adaround(user, param_bw, calibration)
-    return params if user is not None else dataclasses.replace(params, early_stop_patience=0)
+    if user is not None:
+        return params if params.learning_rate is not None else dataclasses.replace(params, learning_rate=1e-3)
+    return dataclasses.replace(params, early_stop_patience=0)
 
 
 def aimet_flow_pipeline(pipeline: Pipeline, param_bw: int, output_bw: int) -> Pipeline:

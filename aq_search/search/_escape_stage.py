@@ -62,4 +62,5 @@ def lift_stage(
         max_evals=MAX_EVALS,
         input_accuracy=input_score,
         fp32_accuracy=ctx.fp32_accuracy,
+        first=getattr(config, "lift_first", "share"),
     )

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._constraints import Boolean, Constraint, Interval, Pair
+from .._constraints import Boolean, Constraint, Interval, NoneValue, Pair
 from .._numerics import channel_shape
 from ..quantsim import FakeQuantizer
 from ._adaround_stop import EarlyStop, check_interval
@@ -43,7 +43,9 @@ class AdaRoundParams(TechniqueConfig):
             before it, against the FP32 output (as AIMET does). False: on the FP32 inputs. On
             EfficientNet-Lite0 at W4A8 per-channel (500 iterations) this is the difference between
             top-1 0.85 and 0.40 (round-to-nearest 0.10, FP32 0.90). Both inputs are cached.
-        learning_rate: Adam's learning rate for the rounding variables.
+        learning_rate: Adam's learning rate for the rounding variables. ``None`` (the default): it follows
+            the iteration count, ``max(1e-3, 1 / num_iterations)`` (see :func:`adaround_learning_rate`):
+            AIMET's 1e-3 from 1,000 iterations up, more for a shorter run.
         batch_size: samples per iteration: output positions for a convolution, rows for a Linear
             layer (drawn at random from the cached data).
         early_stop_patience: stop a layer's optimization after this many checks (about 40 per run,
@@ -59,7 +61,7 @@ class AdaRoundParams(TechniqueConfig):
     beta_range: tuple[float, float] = (20.0, 2.0)
     warm_start: float = 0.2
     use_quantized_inputs: bool = True
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     batch_size: int = 1024
     early_stop_patience: int = 0
 
@@ -70,10 +72,30 @@ class AdaRoundParams(TechniqueConfig):
         "beta_range": [Pair(Interval(float, 0.0, None, "neither"), "descending", "(20, 2)", "positive numbers")],
         "warm_start": [Interval(float, 0.0, 1.0, "left")],
         "use_quantized_inputs": [Boolean()],
-        "learning_rate": [Interval(float, 0.0, 1.0, "right")],
+        "learning_rate": [Interval(float, 0.0, 1.0, "right"), NoneValue()],
         "batch_size": [Interval(int, 1, None)],
         "early_stop_patience": [Interval(int, 0, None)],
     }
+
+
+#: AIMET's learning rate (``AdaroundParameters``), the floor of :func:`adaround_learning_rate`.
+AIMET_LEARNING_RATE = 1e-3
+
+
+def adaround_learning_rate(params: AdaRoundParams) -> float:
+    """The learning rate a run uses: the configured one, else ``max(1e-3, 1 / num_iterations)``.
+
+    Adam moves each rounding variable by about the learning rate per step, and a weight's rounding flips
+    only when its variable travels by about 1 (the soft rounding is a stretched sigmoid of it). AIMET's
+    1e-3 allows that over its 10,000 iterations, but over 30 only the near-ties between two grid points can
+    flip, so a short run gets a rate that lets its variables travel about as far (at least 1 in all).
+    Measured on EfficientNet-Lite0 W4A8 per-channel (30 iterations after AMP, top-1 agreement with FP32 on
+    128 images, one run each): 0.898 at 1e-3; 0.930 at 1e-2, 0.961 at 3e-2, 0.930 at 1/30 (this rule) and
+    at 0.1; 300 iterations at 1e-3 gave 0.938.
+    """
+    if params.learning_rate is not None:
+        return float(params.learning_rate)
+    return max(AIMET_LEARNING_RATE, 1.0 / params.num_iterations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,7 +410,7 @@ def _optimize(
     samples, plus ``reg_param * sum(1 - |2 h(V) - 1|^beta)`` after the warm start.
     """
     gen = torch.Generator().manual_seed(seed)
-    soft = _SoftWeight(w.detach(), _grid(quantizer, w.shape), params.learning_rate)
+    soft = _SoftWeight(w.detach(), _grid(quantizer, w.shape), adaround_learning_rate(params))
     sampler = _Sampler(module, w.shape, x, target, params.batch_size, gen)
     warm = int(params.warm_start * params.num_iterations)
     lo, hi = clamp if clamp is not None else (-math.inf, math.inf)

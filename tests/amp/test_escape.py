@@ -124,6 +124,43 @@ def test_lift_never_returns_below_its_input() -> None:
     assert _param_bits(sim) == bits0 and set(result.config.values()) == {"w8a8"}
 
 
+def test_longest_first_spends_one_call_when_even_the_most_precise_config_misses() -> None:
+    """``first="longest"`` (AMP before AdaRound): a miss at the most precise config ends the search, and that
+    config, the one removing the most noise, is what is handed on; ``"share"`` evaluates a cheaper one first."""
+    results = {}
+    for first in ("share", "longest"):
+        _, sim, calib, _ = _setup()
+        calls: list[int | None] = []
+
+        def evaluate(m: nn.Module, num_samples: int | None = None, calls: list[int | None] = calls) -> float:
+            calls.append(num_samples)
+            return 0.5  # every config misses the 0.95 target
+
+        results[first] = (_lift(sim, calib, evaluate, first=first), len(calls))
+    (share, share_calls), (longest, longest_calls) = results["share"], results["longest"]
+    assert longest_calls == 1 and longest.n_eval_calls == 1 and not longest.target_met
+    assert share_calls in (1, 2)  # the share prefix, then the longest when that is a longer one
+    assert longest.relative_bops >= share.relative_bops
+    assert longest.config["hurt"] == "w16a8"
+
+
+def test_longest_first_still_returns_the_cheapest_config_it_saw_meet_the_target() -> None:
+    model, sim, calib, x_eval = _setup()
+    evaluate, calls = _agreement(model, x_eval)
+    result = _lift(sim, calib, evaluate, first="longest", fp32_accuracy=1.0)
+    assert result.target_met and result.config["hurt"] == "w16a8"
+    assert 1 <= len(calls) <= 3
+    assert result.relative_bops == min(p.relative_cost for p in result.evaluated if p.accuracy >= 0.95)
+
+
+def test_lift_rejects_an_unknown_first() -> None:
+    from aq_search._errors import InvalidInputError
+
+    _, sim, calib, _ = _setup()
+    with pytest.raises(InvalidInputError, match="'first' parameter of lift_precision must be 'share' or 'longest'"):
+        _lift(sim, calib, lambda m, n=None: 1.0, first="cheapest")
+
+
 def test_lifts_pay_only_when_the_all_highest_config_is_over_the_budget() -> None:
     _, sim, _, _ = _setup()
     assert lifts_pay(sim, ["w8a8", "w16a8"], ("w8a8", 1.5), "bops")  # all-w16a8 = 2x > 1.5x

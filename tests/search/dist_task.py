@@ -18,11 +18,14 @@ from aq_search.examples.digits import digits_case
 from aq_search.search import load_search_space
 
 # The target sits between what the enqueued bad trials and the reference recipe (trial 0) score, with a
-# margin both ways, so the run meets it by construction, not by luck. Measured on the shipped weights
-# at W4A8 per-tensor (FP32 0.9862): trial 0 0.9862 (AdaRound); every BAD_PARAMS trial 0.9322 (its best
-# stage). With DROP 0.025 the target is 0.9612: trial 0 meets it by 0.025, every bad trial misses it by
-# 0.029. (Per-channel, tf_enhanced's weight ranges make even BN fold + scheme score 0.98: no miss there.)
-DROP = 0.025
+# margin both ways, so the run meets it by construction, not by luck. Measured on the shipped weights at
+# W4A8 per-tensor (FP32 0.9862; 2026-12-02, AMD EPYC, 1 thread): trial 0 meets the target at its first
+# screen, where its scheme stage (the SQNR-selected pair on the float model) scores 0.9636, and would go on
+# to AdaRound (15,000 iterations with early stop, 0.98) if it did not; every BAD_PARAMS trial scores 0.9322
+# (its BN-fold stage; its scheme stage is lower). With DROP 0.038 the target is 0.9482: trial 0 meets it by
+# 0.015, every bad trial misses it by 0.016 (12 and 13 of 797 images). (Per-channel, tf_enhanced's weight
+# ranges make even BN fold + scheme score 0.98: no miss there.)
+DROP = 0.038
 
 
 def quick_space() -> dict[str, Any]:

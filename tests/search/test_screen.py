@@ -10,6 +10,7 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
+import optuna
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from aq_search._errors import SearchSpaceError
 from aq_search.quantsim import prepare_model
 from aq_search.search import CountingEval, Pipeline, PipelineRun, RunContext, SchemeSelectConfig, Stage, run_pipeline
 from aq_search.search._aimet_flow import full_evaluations
+from aq_search.search._pipeline import suggest_pipeline
 from aq_search.search._screen import MAX_SCREENED, Candidate, screen
 from aq_search.search._space import load_search_space
 from aq_search.techniques import BatchNormFoldConfig, BiasCorrectionConfig, CLEConfig
@@ -165,16 +167,25 @@ def test_a_model_stage_the_proxy_says_hurts_is_undone(monkeypatch: pytest.Monkey
     assert not kept.stages[1].note.startswith("undone")
 
 
-def test_default_trial_0_runs_adaround_before_amp() -> None:
+def test_default_trial_0_runs_amp_before_adaround_and_amp_hands_adaround_its_most_precise_config() -> None:
     from aq_search.search._reference import cheap_first_params
 
     space = load_search_space("default")
     params = cheap_first_params(space, list(space.orderings), None, amp_sets=[("w4a8", "w8a8")])
-    assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>adaround>amp"
-    # a space without that ordering keeps AMP first
-    amp_first = [o for o in space.orderings if o != "bnf>cle>scheme>adaround>amp"]
-    params = cheap_first_params(space, amp_first, None)
     assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>amp>adaround"
+    # a space without that ordering takes AdaRound before AMP
+    others = [o for o in space.orderings if o != "bnf>cle>scheme>amp>adaround"]
+    params = cheap_first_params(space, others, None)
+    assert params is not None and params["pipeline__ordering"] == "bnf>cle>scheme>adaround>amp"
+    # AMP before AdaRound evaluates its most precise config first; AMP after AdaRound (or last) the share prefix
+    for ordering, first in (("bnf>cle>scheme>amp>adaround", "longest"), ("bnf>cle>scheme>adaround>amp", "share")):
+        sets = [("w4a8", "w8a8", "w16a8", "w4a16"), ("w4a8", "w16a8", "w16a16")]
+        params = cheap_first_params(space, list(space.orderings), None, amp_sets=sets)
+        assert params is not None
+        trial = optuna.trial.FixedTrial({**params, "pipeline__ordering": ordering, "scheme__per_channel": True})
+        pipeline = suggest_pipeline(trial, space, param_bw=4, output_bw=8, num_batches_available=4)
+        amp = next(s for s in pipeline.stages if s.key == "amp")
+        assert amp.config.lift_first == first, ordering
 
 
 def test_a_stage_whose_input_is_within_the_subset_noise_of_the_target_goes_straight_to_full() -> None:

@@ -67,6 +67,42 @@ def test_params_defaults_and_normalization() -> None:
         AdaRoundParams()  # type: ignore[call-arg]  # num_batches is required, as in AIMET
 
 
+def test_learning_rate_follows_the_iteration_count_unless_set() -> None:
+    from aq_search.techniques._adaround_opt import adaround_learning_rate
+
+    assert AdaRoundParams(num_batches=1).learning_rate is None
+    assert adaround_learning_rate(AdaRoundParams(num_batches=1, num_iterations=10_000)) == 1e-3  # AIMET's
+    assert adaround_learning_rate(AdaRoundParams(num_batches=1, num_iterations=1_000)) == 1e-3
+    assert adaround_learning_rate(AdaRoundParams(num_batches=1, num_iterations=40)) == pytest.approx(1 / 40)
+    assert adaround_learning_rate(AdaRoundParams(num_batches=1, num_iterations=40, learning_rate=1e-3)) == 1e-3
+    for n in (1, 7, 30, 500, 999, 1_000, 4_000):  # a run's rounding variables can travel about 1 or more
+        assert adaround_learning_rate(AdaRoundParams(num_batches=1, num_iterations=n)) * n >= 1.0 - 1e-12
+
+
+def test_a_short_run_flips_more_roundings_with_the_default_rate_than_with_aimets(digits: Any, aq_seed: int) -> None:
+    """30 iterations: at 1e-3 a rounding variable moves 0.03 at most, so only weights within about 0.01 of a
+    rounding tie can leave round-to-nearest; the default rate (1/30) lets it move about 1."""
+    folded = fold_all_batch_norms(digits.model, digits.dummy_input)
+    rtn = _sim(folded, digits.dummy_input, digits.calibration_batches)
+
+    def flips(learning_rate: float | None) -> tuple[int, int]:
+        sim = _sim(folded, digits.dummy_input, digits.calibration_batches)
+        params = AdaRoundParams(num_batches=2, num_iterations=30, learning_rate=learning_rate)
+        apply_adaround(sim, digits.calibration_batches, params, seed=aq_seed)
+        changed = total = 0
+        with torch.no_grad():
+            for layer in sim.quantized_layers:
+                w = sim.float_weight(layer)
+                changed += int((sim.param_quantizer(layer)(w) != rtn.param_quantizer(layer)(w)).sum())
+                total += w.numel()
+        return changed, total
+
+    aimet, total = flips(1e-3)
+    default, _ = flips(None)
+    assert aimet <= 0.02 * total  # only near-ties can flip at 1e-3
+    assert default > 2 * max(aimet, 1), (aimet, default, total)
+
+
 # -- the soft rounding -----------------------------------------------------------------------------
 def _grid(w: torch.Tensor, bits: int = 4) -> _Grid:
     qmax = 2 ** (bits - 1) - 1
