@@ -81,3 +81,31 @@ def test_budget_is_relative_to_the_requested_precision() -> None:
     assert space.max_relative_bops == 1.5
     with pytest.raises(InvalidInputError, match="max_relative_bops"):
         AutoQuant(model, data[0], data, _sixteen_bit_only, max_relative_bops=0.5)
+
+
+def test_amp_before_adaround_screens_its_one_config_on_the_subset_and_hands_it_on(tmp_path: Path) -> None:
+    """AMP that AdaRound follows scores the most precise config within the budget once, on the study's screen
+    (``intermediate_num_samples``); a screen whose confidence bound misses the target is not confirmed in full."""
+    from aq_search import AdaRoundParams
+
+    calls: list[int | None] = []
+
+    def misses(model: nn.Module, num_samples: int | None = None) -> float:
+        calls.append(num_samples)
+        return 1.0 if len(calls) == 1 else 0.5  # FP32 1.0, every quantized model 0.5: the 0.99 target is far
+
+    space = _space(
+        orderings=["bnf>scheme>amp>adaround"],
+        amp={"candidate_sets": [["w{param_bw}a{output_bw}", "w8a8", "w16a8"]], "num_samples_for_phase_1": 8},
+        intermediate_num_samples=16,
+    )
+    result = _run(
+        tmp_path, misses, search_space=space, eval_size=100, adaround_params=AdaRoundParams(num_batches=1, num_iterations=5)
+    )
+    stages = {s["stage"]: s for s in result.study.trials[0].user_attrs["stage_scores"]}
+    amp = stages["amp"]
+    assert amp["eval_calls"] == 1 and amp["num_samples"] == 16 and amp["relative_bops"] <= 1.5 + 1e-9
+    assert "adaround" in stages  # the lifted model was handed on
+    # in full: the FP32 evaluation and, at the end, the trial's best stage (a trial's value is a full score); no
+    # stage was confirmed in full on its own, as no subset score could reach the target
+    assert calls.count(None) == 2 and calls[-1] is None and calls[1:-1] == [16] * (len(calls) - 2)
