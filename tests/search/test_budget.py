@@ -109,3 +109,28 @@ def test_amp_before_adaround_screens_its_one_config_on_the_subset_and_hands_it_o
     # in full: the FP32 evaluation and, at the end, the trial's best stage (a trial's value is a full score); no
     # stage was confirmed in full on its own, as no subset score could reach the target
     assert calls.count(None) == 2 and calls[-1] is None and calls[1:-1] == [16] * (len(calls) - 2)
+
+
+def test_amp_before_adaround_goes_straight_to_full_when_its_input_is_within_the_screens_noise(tmp_path: Path) -> None:
+    """The input (the scheme stage) scored 0.985 in full against a 0.99 target: a 16-sample screen of AMP's config
+    would be confirmed in full anyway, so AMP evaluates it in full, once."""
+    from aq_search import AdaRoundParams
+
+    calls: list[int | None] = []
+
+    def near(model: nn.Module, num_samples: int | None = None) -> float:
+        calls.append(num_samples)
+        return 1.0 if len(calls) == 1 else 0.985
+
+    space = _space(
+        orderings=["bnf>scheme>amp>adaround"],
+        amp={"candidate_sets": [["w{param_bw}a{output_bw}", "w8a8", "w16a8"]], "num_samples_for_phase_1": 8},
+        intermediate_num_samples=16,
+        stage_scoring="lazy",
+    )
+    result = _run(
+        tmp_path, near, search_space=space, eval_size=100, adaround_params=AdaRoundParams(num_batches=1, num_iterations=5)
+    )
+    stages = {s["stage"]: s for s in result.study.trials[0].user_attrs["stage_scores"]}
+    assert stages["scheme"]["num_samples"] is None  # the input's full score
+    assert stages["amp"]["eval_calls"] == 1 and stages["amp"]["num_samples"] is None
