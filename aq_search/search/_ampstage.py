@@ -16,10 +16,9 @@ from ..quantsim import QuantSim
 from ..techniques._registry import Dimension, SuggestContext, TechniqueSpec, register_technique
 from ._context import RunContext, StageState
 from ._escape_stage import escape_hatch_applies, lift_stage
-from ._fidelity import could_meet
 from ._params import Choice, ParamSpec, Where, mapping, param
 
-__all__ = ["AmpSpace", "amp_stage", "candidate_sets", "replay_amp", "screen_samples"]
+__all__ = ["AmpSpace", "amp_stage", "candidate_sets", "replay_amp"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +114,7 @@ def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | 
     limit = None if budget is None else (budget.requested, budget.max_relative_bops)
     full_phase2 = getattr(config, "num_samples_for_phase_2", None) is None
     if escape_hatch_applies(sim, config, limit):
-        screen = screen_samples(ctx, config, input_score)
-        floor = input_score if full_phase2 and screen is None else None
-        amp_result = lift_stage(ctx, sim, config, limit, floor, num_samples=screen)
+        amp_result = lift_stage(ctx, sim, config, limit, input_score if full_phase2 else None)
         kept = " (kept the input: no lift scored higher)" if amp_result.message.startswith("Kept the input") else ""
         return sim, amp_result, f"lifted within the budget: {amp_result.message}{kept}"
     amp_result = apply_mixed_precision(
@@ -133,24 +130,6 @@ def amp_stage(ctx: RunContext, sim: QuantSim, config: Any, input_score: float | 
     )
     kept = " (kept the input: AMP's choice scored lower)" if amp_result.message.startswith("Kept the input") else ""
     return sim, amp_result, f"relative BOPs {amp_result.relative_bops:.3f} of all-highest{kept}"
-
-
-def screen_samples(ctx: RunContext, config: Any, prior: float | None) -> int | None:
-    """Samples the escape hatch scores its configs on when AdaRound follows (``lift_first="longest"``): the
-    study's screen (``intermediate_num_samples``; the stage is then confirmed in full only when the screen's
-    confidence bound reaches the target, as any stage is), else ``None`` (its own setting, in full by default).
-
-    As for any stage (see ``_run._score``), when the input's full score ``prior`` is already within the
-    screen's noise of the target, a screen would be confirmed in full anyway: the full evaluation, one call.
-    """
-    n = ctx.intermediate_num_samples
-    if getattr(config, "lift_first", "share") != "longest" or getattr(config, "num_samples_for_phase_2", None) is not None:
-        return None
-    if n is None:
-        return None
-    if prior is not None and could_meet(prior, n, ctx.target, ctx.fp32_accuracy - ctx.target):
-        return None
-    return n
 
 
 def replay_amp(sim: QuantSim, config: Mapping[str, str]) -> None:
@@ -169,12 +148,10 @@ def _run(ctx: RunContext, state: StageState, stage: Any) -> None:
         state.note, state.choice = f"AMP config from the study ({record.get('note', '')})", record["choice"]
         return
     state.sim, state.amp_result, state.note = amp_stage(ctx, state.sim, stage.config, state.previous_full)
-    # AMP scored its choice in full (phase 2 on every sample): that is the stage's score, not measured again;
-    # screened on a subset (AdaRound follows): the subset score, confirmed in full only if it could meet the target
-    screened = screen_samples(ctx, stage.config, state.previous_full) is not None
+    # AMP scored its choice in full (phase 2 on every sample): that is the stage's score, not measured again
     if getattr(stage.config, "num_samples_for_phase_2", None) is None:
         state.known_score = state.amp_result.accuracy
-    state.known_full = not screened
+    state.known_full = True
     state.choice = dict(state.amp_result.config)
 
 

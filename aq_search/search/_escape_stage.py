@@ -36,17 +36,9 @@ def escape_hatch_applies(sim: QuantSim, config: Any, limit: tuple[str, float] | 
 
 
 def lift_stage(
-    ctx: RunContext,
-    sim: QuantSim,
-    config: Any,
-    limit: tuple[str, float] | None,
-    input_score: float | None,
-    num_samples: int | None = None,
+    ctx: RunContext, sim: QuantSim, config: Any, limit: tuple[str, float] | None, input_score: float | None
 ) -> MixedPrecisionResult:
-    """Lift the groups whose quantization noise hurts most, within the budget (``sim`` changes in place).
-
-    ``num_samples``: the samples each config is scored on (default: the config's ``num_samples_for_phase_2``).
-    """
+    """Lift the groups whose quantization noise hurts most, within the budget (``sim`` changes in place)."""
     batch = ctx.calibration[0]
     if isinstance(batch, Tensor) and batch.dim() > 0 and batch.shape[0] > PROBE_SAMPLES:
         batch = batch[:PROBE_SAMPLES]
@@ -66,7 +58,7 @@ def lift_stage(
         target_accuracy=ctx.target,
         probe_fn=probe,
         budget=limit,
-        num_samples=config.num_samples_for_phase_2 if num_samples is None else num_samples,
+        num_samples=config.num_samples_for_phase_2,
         max_evals=MAX_EVALS,
         input_accuracy=input_score,
         fp32_accuracy=ctx.fp32_accuracy,
