@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._pipeline import Pipeline, RunContext, SchemeSelectConfig, Stage, StageResult
-from ._reference import reference_adaround
+from ._reference import AIMET_ADAROUND, reference_adaround
 
 __all__ = [
     "AIMET_SCHEME_CANDIDATES",
@@ -71,7 +71,9 @@ def aimet_adaround(user: Any, param_bw: int, calibration: Sequence[Any]) -> Any:
     run to the last iteration (no early stop)."""
     params = reference_adaround(user, param_bw, calibration)
     if user is not None:
-        return params if params.learning_rate is not None else dataclasses.replace(params, learning_rate=1e-3)
+        if params.learning_rate is None:
+            return dataclasses.replace(params, learning_rate=AIMET_ADAROUND["learning_rate"])
+        return params
     return dataclasses.replace(params, early_stop_patience=0)
 
 

@@ -186,8 +186,8 @@ def _lift_before_adaround(stages: list[Stage]) -> tuple[Stage, ...]:
 
     AdaRound re-rounds every layer AMP leaves at low precision, so what AMP hands on should remove the
     most output noise the budget allows; a cheaper config is worth its evaluations only when it already
-    meets the target (the trial stops there). Measured: AMP lifting first, then AdaRound, beat AdaRound then
-    AMP on EfficientNet-Lite0 W4A8 and Fashion-MNIST W4A8 (BENCHMARKS 1b, 4).
+    meets the target (the trial stops there). Measured in trial 0 (BENCHMARKS 1a): AMP's most precise config
+    then AdaRound beat AdaRound then AMP on EfficientNet-Lite0 W4A8 and tied on Fashion-MNIST W4A8.
     """
     out = list(stages)
     for i, stage in enumerate(out):

@@ -107,3 +107,19 @@ def test_cheap_first_adaround_takes_aimets_defaults_clamped_into_the_space() -> 
     # the user's own AdaRound settings are fixed: the trial asks for no AdaRound parameter
     fixed = cheap_first_params(space, orderings, None, adaround_fixed=True)
     assert fixed is not None and not any(k.startswith("adaround__") for k in fixed)
+
+
+def test_reference_differences_name_the_learning_rate_a_short_user_run_gets() -> None:
+    from aq_search.search._reference import reference_differences
+    from aq_search.search._space import load_search_space
+
+    space = load_search_space("default")
+    ordering = "scheme>bnf>cle>adaround"
+
+    def rate_lines(params: AdaRoundParams) -> list[str]:
+        return [d for d in reference_differences(space, ordering, params, True) if "learning rate" in d]
+
+    short = rate_lines(AdaRoundParams(num_batches=1, num_iterations=40))
+    assert len(short) == 1 and "0.025 for 40 iterations" in short[0] and "AIMET: 0.001" in short[0]
+    assert rate_lines(AdaRoundParams(num_batches=1, num_iterations=1_000)) == []  # AIMET's rate already
+    assert rate_lines(AdaRoundParams(num_batches=1, num_iterations=40, learning_rate=1e-3)) == []  # set by the user
