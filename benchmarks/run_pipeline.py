@@ -40,8 +40,10 @@ def main() -> None:
     ap.add_argument("--allowed-drop", type=float, default=0.05)
     ap.add_argument("--iterations", type=int, default=30)
     ap.add_argument("--learning-rate", type=float, default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="AdaRound's samples per iteration (omitted: the default)")
     ap.add_argument("--num-batches", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0, help="the study's seed (AdaRound's sampling follows it)")
     ap.add_argument("--cache-dir", default="/tmp/aq_cases")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,7 +67,8 @@ def main() -> None:
         return float(eval_fn(m, num_samples))
 
     params = AdaRoundParams(
-        num_batches=min(args.num_batches, len(calib)), num_iterations=args.iterations, learning_rate=args.learning_rate
+        num_batches=min(args.num_batches, len(calib)), num_iterations=args.iterations, learning_rate=args.learning_rate,
+        **({} if args.batch_size is None else {"batch_size": args.batch_size}),
     )
     with tempfile.TemporaryDirectory() as results_dir:
         aq = AutoQuant(
@@ -77,7 +80,7 @@ def main() -> None:
             output_bw=args.output_bw,
             results_dir=results_dir,
             search_space=space,
-            seed=0,
+            seed=args.seed,
             per_channel=not args.per_tensor,
             adaround_params=params,
             eval_size=EVAL_SIZES[args.case],

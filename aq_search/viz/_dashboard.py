@@ -22,7 +22,7 @@ import optuna
 
 from .._errors import InvalidInputError
 from .._side_effects import record_side_effect_error
-from ._records import AMP_FILE, AmpSummary, StudySummary, summarize_study
+from ._records import AMP_FILE, AMP_SENSITIVITY_TOP, AmpSummary, StudySummary, summarize_study, trial_folder
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult
@@ -126,7 +126,7 @@ def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:
 def _record_trial(
     trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float, store: Any = None
 ) -> None:
-    folder = results_dir / "trials" / f"trial_{trial.number:04d}"
+    folder = trial_folder(results_dir, trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     encodings = trial.user_attrs.get("encodings_path")
@@ -153,7 +153,7 @@ def _record_trial(
             charts.append(("stages.png", lambda: waterfall_figure(stages, fp32, target, title=_short(title, 90))))
         if amp is not None:
             charts.append(("amp_pareto.png", lambda: plot_amp_pareto(amp)))
-            charts.append(("amp_sensitivity.png", lambda: plot_amp_sensitivity(amp, top=30)))
+            charts.append(("amp_sensitivity.png", lambda: plot_amp_sensitivity(amp, top=AMP_SENSITIVITY_TOP)))
         for name, make in charts:
             path = folder / name
             path.write_bytes(figure_png(make()))

@@ -35,12 +35,20 @@ __all__ = [
     "stage_scores",
     "summarize_study",
     "summarize_trial",
+    "trial_folder",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: File (in a trial's folder) holding its :class:`AmpSummary`.
 AMP_FILE = "amp.json"
+#: Groups shown in the AMP sensitivity chart (a trial's ``amp_sensitivity.png`` and the report's).
+AMP_SENSITIVITY_TOP = 30
+
+
+def trial_folder(results_dir: str | os.PathLike[str], number: int) -> Path:
+    """``results_dir/trials/trial_NNNN``: where a trial's encodings, AMP summary and charts are written."""
+    return Path(results_dir) / "trials" / f"trial_{number:04d}"
 
 
 @dataclass(frozen=True)

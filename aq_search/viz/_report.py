@@ -21,7 +21,7 @@ import optuna
 import yaml
 
 from .._errors import InvalidInputError
-from ._records import StudySummary, TrialSummary, summarize_study
+from ._records import AMP_SENSITIVITY_TOP, StudySummary, TrialSummary, summarize_study, trial_folder
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult
@@ -81,6 +81,20 @@ def _png(make: Callable[[], Any], what: str, problems: list[str]) -> str | None:
         logger.warning("report: could not draw %s: %s: %s", what, type(err).__name__, err)
         logger.debug("drawing %s failed", what, exc_info=True)
         problems.append(f"{what}: {type(err).__name__}: {err}")
+    return None
+
+
+def _recorded_png(folder: Path, name: str, anchor: str) -> str | None:
+    """A chart the trial recorded itself (``folder/name``, see :func:`~aq_search.viz.record_trial`) as base64,
+    or None. Only a file written no earlier than the trial's ``anchor`` file (its ``amp.json`` or
+    ``encodings.json``, written just before the charts) counts: an older one is left over from another study
+    in the same folder. Reusing it saves drawing the same figure twice."""
+    png = folder / name
+    try:
+        if png.stat().st_mtime_ns >= (folder / anchor).stat().st_mtime_ns:
+            return base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError:
+        pass
     return None
 
 
@@ -219,8 +233,9 @@ def _amp_section(s: StudySummary, problems: list[str]) -> str:
     if t is None:
         return ""
     amp = t.load_amp()
-    if amp is None:
+    if amp is None or t.amp_path is None:
         return f"<h2>Mixed precision</h2><p>Trial {t.number} ran AMP; its details ({_e(t.amp_path)}) are not on this machine.</p>"
+    amp_json = Path(t.amp_path)
     lowered = {m.split("=", 1)[0] for m in amp.lowered_groups}
     config = "".join(
         f"<tr{' class=best' if g in lowered else ''}><td><code>{_e(g)}</code></td><td>{_e(c)}</td></tr>"
@@ -231,12 +246,14 @@ def _amp_section(s: StudySummary, problems: list[str]) -> str:
         f"<p>{_e(amp.message)}</p>"
         + "<div class='grid'>"
         + _figure(
-            _png(lambda: plot_amp_sensitivity(amp, top=40), "AMP sensitivity", problems),
+            _recorded_png(amp_json.parent, "amp_sensitivity.png", amp_json.name)
+            or _png(lambda: plot_amp_sensitivity(amp, top=AMP_SENSITIVITY_TOP), "AMP sensitivity", problems),
             "amp-sensitivity",
             f"Trial {t.number}: accuracy cost of lowering each layer group alone (phase 1), most sensitive first.",
         )
         + _figure(
-            _png(lambda: plot_amp_pareto(amp), "AMP Pareto front", problems),
+            _recorded_png(amp_json.parent, "amp_pareto.png", amp_json.name)
+            or _png(lambda: plot_amp_pareto(amp), "AMP Pareto front", problems),
             "amp-pareto",
             f"Trial {t.number}: the AMP accuracy-vs-BOPs front (phase 2) and the config chosen.",
         )
@@ -318,7 +335,8 @@ def _render(study_or_result: Any, s: StudySummary, folder: Path) -> str:
         if b.stages:
             parts.append(
                 _figure(
-                    _png(lambda: plot_stage_waterfall(s, b.number), "best trial stages", problems),
+                    _recorded_png(trial_folder(folder, b.number), "stages.png", "encodings.json")
+                    or _png(lambda: plot_stage_waterfall(s, b.number), "best trial stages", problems),
                     "best-trial-stages",
                     f"Trial {b.number}: the score after each stage, from FP32 (green up, red down; hatched: scored on a subset).",
                 )

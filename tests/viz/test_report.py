@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -75,6 +76,34 @@ def test_report_from_a_study_loaded_from_storage(digits_result: AutoQuantResult,
     assert figure_png(page, "best-trial-stages").startswith(b"\x89PNG")
     # without results_dir it goes where the study says its results are
     assert render_report(study).count("id='trial-") == len(study.trials)
+
+
+def test_report_reuses_the_charts_the_trial_recorded(digits_result: AutoQuantResult, tmp_path: Path) -> None:
+    """The report inlines the best trial's own stages.png (and the AMP trial's charts) instead of drawing them
+    again; a chart older than the trial's encodings (left over from another study) is drawn afresh."""
+    folder = Path(digits_result.results_dir) / "trials" / f"trial_{digits_result.best_trial:04d}"
+    page = (Path(digits_result.results_dir) / "report.html").read_text(encoding="utf-8")
+    assert figure_png(page, "best-trial-stages") == (folder / "stages.png").read_bytes()
+    amp_section = re.search(r"Mixed precision \(trial (\d+)\)", page)
+    if amp_section:
+        amp_dir = Path(digits_result.study.trials[int(amp_section.group(1))].user_attrs["amp_path"]).parent
+        assert figure_png(page, "amp-sensitivity") == (amp_dir / "amp_sensitivity.png").read_bytes()
+        assert figure_png(page, "amp-pareto") == (amp_dir / "amp_pareto.png").read_bytes()
+
+    summary = json.loads((Path(digits_result.results_dir) / "best" / "summary.json").read_text())
+    storage = f"sqlite:///{Path(digits_result.results_dir) / 'study.db'}"
+    study = optuna.load_study(study_name=summary["study_name"], storage=storage)
+    other = tmp_path / "trials" / folder.name
+    other.mkdir(parents=True)
+    marker = b"\x89PNG\r\n\x1a\n not a chart of this study"
+    (other / "stages.png").write_bytes(marker)
+    (other / "encodings.json").write_text("{}")
+    anchor = (other / "encodings.json").stat().st_mtime_ns
+    os.utime(other / "stages.png", ns=(anchor - 10**9, anchor - 10**9))  # older than the encodings: stale
+    fresh = figure_png(write_report(study, tmp_path).read_text(encoding="utf-8"), "best-trial-stages")
+    assert fresh != marker and fresh.startswith(b"\x89PNG")
+    os.utime(other / "stages.png", ns=(anchor + 10**9, anchor + 10**9))  # written after them: the trial's own
+    assert figure_png(write_report(study, tmp_path).read_text(encoding="utf-8"), "best-trial-stages") == marker
 
 
 def test_report_shows_pruned_and_failed_trials(tmp_path: Path) -> None:
