@@ -2,7 +2,9 @@
 
 The search space is the ``default`` one cut to a single ordering, scheme pair and CLE setting, with no replayed
 trials, so the one trial runs exactly that pipeline (stopping early only if a stage meets the target). AdaRound
-takes ``--iterations`` and ``--learning-rate`` (omitted: the default, which follows the iteration count)::
+takes ``--iterations``, ``--learning-rate`` (omitted: the default, which follows the iteration count) and
+``--batch-size`` (samples per step); ``--seed`` is the study's seed, which AdaRound's mini-batch draws follow
+(run a variant with a few seeds before reading a one- or two-image difference on the 128-image EfficientNet eval)::
 
     flock /tmp/aq_cpu.lock python benchmarks/run_pipeline.py --case effnet --param-bw 4 --output-bw 8 \\
         --ordering 'bnf>cle>scheme>amp>adaround' --scheme mse/tf_enhanced --no-hba --iterations 30 [--learning-rate 1e-3]
