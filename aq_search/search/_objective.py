@@ -34,7 +34,7 @@ from ._storage import WORKER_ATTR, fail_dead_local_trials, worker_id
 if TYPE_CHECKING:
     from ._autoquant import AutoQuant
 
-__all__ = ["TrialObjective"]
+__all__ = ["TRIAL_ENCODINGS", "TrialObjective", "trial_folder"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,12 +235,22 @@ class TrialObjective:
                 fail_dead_local_trials(study, storage, self.aq.max_retries)
 
 
+#: A trial's encodings in its folder, written when it completes, before the trial callbacks record its charts.
+TRIAL_ENCODINGS = "encodings.json"
+
+
+def trial_folder(results_dir: str | os.PathLike[str], number: int) -> Path:
+    """``results_dir/trials/trial_NNNN``: where a trial's encodings (and, from ``aq_search.viz``, its AMP
+    summary and charts) are written."""
+    return Path(results_dir) / "trials" / f"trial_{number:04d}"
+
+
 def _write_encodings(sim: QuantSim, results_dir: Path, number: int) -> Path:
     """``results_dir/trials/trial_NNNN/encodings.json``: a trial's encodings."""
-    folder = results_dir / "trials" / f"trial_{number:04d}"
+    folder = trial_folder(results_dir, number)
     folder.mkdir(parents=True, exist_ok=True)
-    sim.export_encodings(folder / "encodings.json")
-    return folder / "encodings.json"
+    sim.export_encodings(folder / TRIAL_ENCODINGS)
+    return folder / TRIAL_ENCODINGS
 
 
 def relative_bops(sim: QuantSim) -> float | None:

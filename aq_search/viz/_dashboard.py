@@ -22,7 +22,7 @@ import optuna
 
 from .._errors import InvalidInputError
 from .._side_effects import record_side_effect_error
-from ._records import AMP_FILE, AMP_SENSITIVITY_TOP, AmpSummary, StudySummary, summarize_study, trial_folder
+from ._records import AMP_FILE, AMP_SENSITIVITY_TOP, AmpSummary, StudySummary, summarize_study
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult
@@ -126,6 +126,8 @@ def amp_user_attrs(amp: AmpSummary) -> dict[str, Any]:
 def _record_trial(
     trial: optuna.Trial, run: PipelineRun, results_dir: Path, fp32: float, target: float, store: Any = None
 ) -> None:
+    from ..search._objective import trial_folder
+
     folder = trial_folder(results_dir, trial.number)
     folder.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []

@@ -35,7 +35,6 @@ __all__ = [
     "stage_scores",
     "summarize_study",
     "summarize_trial",
-    "trial_folder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -44,11 +43,6 @@ logger = logging.getLogger(__name__)
 AMP_FILE = "amp.json"
 #: Groups shown in the AMP sensitivity chart (a trial's ``amp_sensitivity.png`` and the report's).
 AMP_SENSITIVITY_TOP = 30
-
-
-def trial_folder(results_dir: str | os.PathLike[str], number: int) -> Path:
-    """``results_dir/trials/trial_NNNN``: where a trial's encodings, AMP summary and charts are written."""
-    return Path(results_dir) / "trials" / f"trial_{number:04d}"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import optuna
 import yaml
 
 from .._errors import InvalidInputError
-from ._records import AMP_SENSITIVITY_TOP, StudySummary, TrialSummary, summarize_study, trial_folder
+from ._records import AMP_SENSITIVITY_TOP, StudySummary, TrialSummary, summarize_study
 
 if TYPE_CHECKING:
     from ..search import AutoQuantResult
@@ -306,6 +306,7 @@ def render_report(study_or_result: optuna.Study | AutoQuantResult, results_dir: 
 
 
 def _render(study_or_result: Any, s: StudySummary, folder: Path) -> str:
+    from ..search._objective import TRIAL_ENCODINGS, trial_folder
     from ._plots import plot_accuracy_vs_bops, plot_optimization_history, plot_orderings, plot_stage_waterfall
 
     summary: dict[str, Any] = {}
@@ -335,7 +336,7 @@ def _render(study_or_result: Any, s: StudySummary, folder: Path) -> str:
         if b.stages:
             parts.append(
                 _figure(
-                    _recorded_png(trial_folder(folder, b.number), "stages.png", "encodings.json")
+                    _recorded_png(trial_folder(folder, b.number), "stages.png", TRIAL_ENCODINGS)
                     or _png(lambda: plot_stage_waterfall(s, b.number), "best trial stages", problems),
                     "best-trial-stages",
                     f"Trial {b.number}: the score after each stage, from FP32 (green up, red down; hatched: scored on a subset).",
