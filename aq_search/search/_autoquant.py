@@ -32,6 +32,7 @@ from ._pipeline import (
     suggest_pipeline,
     usable_orderings,
 )
+from ._redraw import REDRAW_ATTR, with_adaround_seed
 from ._reference import enqueue_reference_trials, reference_adaround, reference_differences, reference_params
 from ._result import AutoQuantResult, finish
 from ._schedule_budget import TimeBudgetScheduler
@@ -480,12 +481,15 @@ class AutoQuant:
             num_batches_available=len(ctx.calibration),
             fixed=fixed,
         )
-        return aimet_flow_pipeline(pipeline, self.param_bw, self.output_bw) if aimet else pipeline
+        if aimet:
+            return aimet_flow_pipeline(pipeline, self.param_bw, self.output_bw)
+        redraw = trial.user_attrs.get(REDRAW_ATTR)  # another draw of AdaRound's mini-batches (see _redraw.py)
+        return with_adaround_seed(pipeline, int(redraw["seed"])) if isinstance(redraw, dict) else pipeline
 
     def _replay(self, trial: optuna.trial.FrozenTrial, ctx: RunContext) -> PipelineRun:
         """Rebuild a finished trial's model from its parameters (the same define-by-run function)."""
         fixed_trial = optuna.trial.FixedTrial(trial.params, number=trial.number)
-        for attr in ("reference_recipe", FLOW_ATTR):
+        for attr in ("reference_recipe", FLOW_ATTR, REDRAW_ATTR):
             if trial.user_attrs.get(attr):
                 fixed_trial.set_user_attr(attr, trial.user_attrs[attr])
         pipeline = self._pipeline_for(fixed_trial, ctx)

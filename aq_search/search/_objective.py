@@ -28,6 +28,7 @@ from ._counting import CountingEval
 from ._observers import trial_callbacks
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
+from ._redraw import enqueue_redraw, near_miss_margin, plan_redraw
 from ._run import stage_label
 from ._storage import WORKER_ATTR, fail_dead_local_trials, worker_id
 
@@ -230,9 +231,29 @@ class TrialObjective:
         if target_met_by(study) is not None:
             study.stop()
         else:
+            self._maybe_redraw(study, trial)
             storage = self.aq._storage_of(study)
             if storage is not None:
                 fail_dead_local_trials(study, storage, self.aq.max_retries)
+
+    def _maybe_redraw(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Queue another AdaRound draw of ``trial`` when it is a near miss (see :mod:`._redraw`)."""
+        redraws = self.aq.space.adaround_redraws
+        user = self.aq._adaround_params
+        if not redraws or (user is not None and getattr(user, "seed", None) is not None):
+            return  # off in this space, or the user fixed AdaRound's seed
+        ctx = self.ctx
+        margin = near_miss_margin(ctx.target, self.aq.eval_size, ctx.fp32_accuracy - ctx.target)
+        attrs = plan_redraw(
+            study.get_trials(deepcopy=False),
+            trial,
+            target=ctx.target,
+            margin=margin,
+            max_redraws=redraws,
+            base_seed=ctx.seed,
+        )
+        if attrs is not None:
+            enqueue_redraw(study, trial, attrs)
 
 
 #: A trial's encodings in its folder, written when it completes, before the trial callbacks record its charts.

@@ -21,6 +21,7 @@ from ._costs import study_costs
 from ._objective import TrialObjective, within, write_atomic
 from ._observers import result_callbacks
 from ._pipeline import Pipeline, RunContext, StageResult
+from ._redraw import REDRAW_ATTR
 
 if TYPE_CHECKING:
     from ._autoquant import AutoQuant
@@ -163,6 +164,7 @@ def finish(aq: AutoQuant, study: optuna.Study, ctx: RunContext, runner: TrialObj
         "best_trial": best.number,
         "best_stage": int(best.user_attrs.get("best_stage", len(run.applied.stages))),
         "best_stage_label": won,
+        "adaround_redraw": best.user_attrs.get(REDRAW_ATTR),  # {of, draw, seed, miss} when the best trial is a redraw
         "pipeline": str(run.applied),
         "n_trials": n_finished,
         "n_eval_calls": n_eval,

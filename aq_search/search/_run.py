@@ -187,6 +187,10 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             score = float(record["score"])
             samples = record.get("num_samples")
             samples = int(samples) if samples is not None else None
+            if defers(ctx, pipeline.stages, index, False) and not undone:
+                # it would wait for the next stage's screen: it joins that screen with its known score (no eval
+                # call), so the screen, and CLE's undo check after it, decide as in the trial that scored it
+                deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair, score, samples is None))
         elif defers(ctx, pipeline.stages, index, False):  # lazy: the next stage is cheap (see _screen)
             if not undone:  # an undone stage's sim is the deferred one before it
                 deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))

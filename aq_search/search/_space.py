@@ -92,6 +92,8 @@ class SearchSpace:
     stage_scoring: str = "every"
     #: output-SQNR gap (dB) under which candidates tie and the eval breaks the tie (0: off; see ``search/_screen.py``)
     proxy_tie_db: float = 0.0
+    #: redraws of AdaRound's mini-batches for a best trial that misses within the eval's error (see ``search/_redraw.py``)
+    adaround_redraws: int = 0
     description: str = ""
     source: str = "<dict>"
     #: deployment target (``generic``, ``onnxruntime``, ``tensorrt``, ``qnn``; see ``aq_search.targets``)
@@ -117,6 +119,8 @@ class SearchSpace:
             extra["stage_scoring"] = self.stage_scoring
         if self.proxy_tie_db:
             extra["proxy_tie_db"] = self.proxy_tie_db
+        if self.adaround_redraws:
+            extra["adaround_redraws"] = self.adaround_redraws
         for key, section in self.techniques.items():
             spec = by_section.get(key)
             extra[key] = section_to_yaml(spec, section) if spec is not None else section.to_yaml()
@@ -154,6 +158,7 @@ _TOP_KEYS = {
     "target",
     "stage_scoring",
     "proxy_tie_db",
+    "adaround_redraws",
 }
 
 
@@ -215,6 +220,9 @@ def _parse(data: Any, source: str) -> SearchSpace:
     tie_db = top.get("proxy_tie_db", 0.0)
     if isinstance(tie_db, bool) or not isinstance(tie_db, (int, float)) or not 0.0 <= tie_db <= 20.0:
         raise where.error("proxy_tie_db", f"must be a number of dB from 0 (off) to 20. Got {tie_db!r} instead.")
+    redraws = top.get("adaround_redraws", 0)
+    if isinstance(redraws, bool) or not isinstance(redraws, int) or not 0 <= redraws <= 10:
+        raise where.error("adaround_redraws", f"must be an integer from 0 (off) to 10. Got {redraws!r} instead.")
     target = top.get("target")
     if target is not None:
         from ..targets import TARGETS
@@ -236,6 +244,7 @@ def _parse(data: Any, source: str) -> SearchSpace:
         max_relative_bops=float(max_bops),
         stage_scoring=stage_scoring,
         proxy_tie_db=float(tie_db),
+        adaround_redraws=redraws,
         description=str(top.get("description", "")),
         source=source,
         target=target,

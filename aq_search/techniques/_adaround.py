@@ -272,7 +272,8 @@ def apply_adaround(
             records the model's arguments); default ``model(batch)`` / ``model(*batch)`` / ``model(**batch)``.
         cache: a cache such as :class:`AdaRoundCache`; a layer whose weight, encoding, params, seed
             and cached inputs are all identical to a stored result reuses it without optimizing.
-        seed: seeds the sampling of mini-batches (the result is deterministic for a seed).
+        seed: seeds the sampling of mini-batches (the result is deterministic for a seed);
+            ``params.seed``, when set, takes its place.
 
     Returns:
         ``sim``, with ``sim.model.meta["aq_search"]["adaround"]`` an :class:`AdaRoundReport`.
@@ -294,6 +295,7 @@ def apply_adaround(
         [True, True]
     """
     sim = _check_sim(sim, params, seed)
+    seed = params.seed if params.seed is not None else seed
 
     def check(name: str, _: nn.Module) -> str | None:
         q = sim.param_quantizer(name)
@@ -348,7 +350,8 @@ def _suggest(ctx: SuggestContext) -> AdaRoundParams:
 
 def _describe(c: AdaRoundParams) -> str:
     stop = ", early stop" if getattr(c, "early_stop_patience", 0) else ""
-    return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g}{stop})"
+    seed = f", seed {c.seed}" if c.seed is not None else ""
+    return f"adaround(it={c.num_iterations}, reg={c.reg_param:.3g}{stop}{seed})"
 
 
 register_technique(

@@ -51,6 +51,9 @@ class AdaRoundParams(TechniqueConfig):
         early_stop_patience: stop a layer's optimization after this many checks (about 40 per run,
             after the warm start) in which the reconstruction loss of the hard rounding did not improve;
             the best hard rounding seen is returned. 0 (AIMET's behaviour): run every iteration.
+        seed: seeds the draws of mini-batches; ``None`` (the default): :func:`apply_adaround`'s ``seed``
+            argument (in a search, the study's seed). A search sets it to redraw a near miss (another
+            draw of the same AdaRound, see ``aq_search/search/_redraw.py``).
     """
 
     technique: ClassVar[str] = "adaround"
@@ -64,6 +67,7 @@ class AdaRoundParams(TechniqueConfig):
     learning_rate: float | None = None
     batch_size: int = 1024
     early_stop_patience: int = 0
+    seed: int | None = None
 
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "num_batches": [Interval(int, 1, None)],
@@ -75,6 +79,7 @@ class AdaRoundParams(TechniqueConfig):
         "learning_rate": [Interval(float, 0.0, 1.0, "right"), NoneValue()],
         "batch_size": [Interval(int, 1, None)],
         "early_stop_patience": [Interval(int, 0, None)],
+        "seed": [Interval(int, 0, None), NoneValue()],
     }
 
 

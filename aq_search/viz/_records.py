@@ -194,6 +194,7 @@ class TrialSummary:
         within_budget: whether that is within ``max_relative_bops`` (a result over it never meets the target).
         best_stage_label: which stage produced the trial's value (keep-best), e.g. ``stage 2 of 4 (cle)``.
         eval_equivalents: its evaluation cost in full evaluations.
+        redraw_of: the trial whose parameters it ran again with another AdaRound draw (``adaround_redraw``).
     """
 
     number: int
@@ -216,6 +217,7 @@ class TrialSummary:
     within_budget: bool = True
     best_stage_label: str = ""
     eval_equivalents: float | None = None
+    redraw_of: int | None = None
 
     @property
     def last_score(self) -> float | None:
@@ -374,7 +376,13 @@ def summarize_trial(trial: FrozenTrial) -> TrialSummary:
         within_budget=a.get("within_budget", True) is not False,
         best_stage_label=str(a.get("best_stage_label", "") or ""),
         eval_equivalents=_float(a.get("eval_equivalents")),
+        redraw_of=_redraw_of(a.get("adaround_redraw")),
     )
+
+
+def _redraw_of(record: Any) -> int | None:
+    of = record.get("of") if isinstance(record, Mapping) else None
+    return int(of) if isinstance(of, int) else None
 
 
 def _as_study(study_or_result: Any) -> optuna.Study:

@@ -196,6 +196,8 @@ def _trial_table(s: StudySummary) -> str:
         ended = _e(t.outcome)
         if t.reference_recipe:
             ended += " <span class='muted'>(AIMET recipe)</span>"
+        if t.redraw_of is not None:
+            ended += f" <span class='muted'>(AdaRound redraw of trial {t.redraw_of})</span>"
         if best:
             ended += " <b>(best)</b>"
         rows.append(

@@ -253,6 +253,10 @@ def test_fixed_seed_gives_identical_results(make_case: Callable[[str], Case]) ->
         runs.append({n: sim.param_quantizer(n).rounding for n in sim.quantized_layers})
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
     assert any(not torch.equal(runs[0][n], runs[2][n]) for n in runs[0])
+    # AdaRoundParams.seed (a search's redraw) takes the place of the argument: seed 3 in the params = seed=3
+    sim = _sim(folded, case.dummy_input, case.batches)
+    apply_adaround(sim, case.batches, AdaRoundParams(num_batches=2, num_iterations=200, learning_rate=1e-2, seed=3), seed=4)
+    assert all(torch.equal(sim.param_quantizer(n).rounding, runs[0][n]) for n in runs[0])  # type: ignore[arg-type]
 
 
 def test_identical_request_is_a_cache_hit(make_case: Callable[[str], Case], tmp_path: Any) -> None:

@@ -14,7 +14,9 @@ from aq_search.techniques import AdaRoundParams, BatchNormFoldConfig, BiasCorrec
     [
         BatchNormFoldConfig(fold_into_following=False),
         CLEConfig(replace_relu6="unclipped", num_std=2, relu6_clip_tolerance=0.01),
-        AdaRoundParams(num_batches=3, num_iterations=500, beta_range=(10, 3), use_quantized_inputs=True, learning_rate=1e-2),
+        AdaRoundParams(
+            num_batches=3, num_iterations=500, beta_range=(10, 3), use_quantized_inputs=True, learning_rate=1e-2, seed=11
+        ),
         BiasCorrectionConfig(num_batches=3),
     ],
 )
