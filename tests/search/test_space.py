@@ -97,3 +97,14 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     empty.write_text("name: x\n")
     with pytest.raises(SearchSpaceError, match="key 'orderings'"):
         load_search_space(empty)
+
+
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("orderings: [bnf>scheme]\nmax_trials: 3\nmax_trials: 5\n")
+    with pytest.raises(SearchSpaceError, match=r"(?s)twice\.yaml: invalid YAML: .*'max_trials' appears twice.*line 3"):
+        load_search_space(path)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("orderings: [bnf>scheme>adaround]\nadaround:\n  num_batches: 2\n  num_batches: 4\n")
+    with pytest.raises(SearchSpaceError, match="'num_batches' appears twice"):
+        load_search_space(nested)
