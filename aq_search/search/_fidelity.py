@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Z", "could_meet", "upper_bound"]
+__all__ = ["Z", "could_meet", "standard_error", "upper_bound"]
 
 #: one-sided z of the confidence bound.
 Z = 2.0
+
+
+def standard_error(p: float, num_samples: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``num_samples`` samples: ``sqrt(p (1 - p) / n)``."""
+    return math.sqrt(p * (1.0 - p) / num_samples)
 
 
 def upper_bound(score: float, num_samples: int | None, fallback_margin: float) -> float:
@@ -26,7 +31,7 @@ def upper_bound(score: float, num_samples: int | None, fallback_margin: float) -
     if 0.0 <= score <= 1.0 and num_samples > 0:
         # Wilson-style floor on the variance, so a subset scoring 1.0 or 0.0 is not taken as exact
         p = min(max(score, 0.5 / num_samples), 1.0 - 0.5 / num_samples)
-        return score + Z * math.sqrt(p * (1.0 - p) / num_samples)
+        return score + Z * standard_error(p, num_samples)
     return score + max(fallback_margin, 0.0)
 
 

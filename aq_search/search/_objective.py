@@ -28,7 +28,6 @@ from ._counting import CountingEval
 from ._observers import trial_callbacks
 from ._pipeline import Pipeline, PipelineRun, RunContext, StageError, StageResult, run_pipeline
 from ._prefix import PREFIX_ATTR, KnownScores
-from ._redraw import enqueue_redraw, near_miss_margin, plan_redraw
 from ._run import stage_label
 from ._storage import WORKER_ATTR, fail_dead_local_trials, worker_id
 
@@ -238,6 +237,8 @@ class TrialObjective:
 
     def _maybe_redraw(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Queue another AdaRound draw of ``trial`` when it is a near miss (see :mod:`._redraw`)."""
+        from ._redraw import enqueue_redraw, near_miss_margin, plan_redraw  # _redraw uses this module's within()
+
         redraws = self.aq.space.adaround_redraws
         user = self.aq._adaround_params
         if not redraws or (user is not None and getattr(user, "seed", None) is not None):

@@ -30,6 +30,8 @@ from typing import Any
 import optuna
 
 from ._aimet_flow import FLOW_ATTR
+from ._fidelity import standard_error
+from ._objective import within
 from ._pipeline import Pipeline, Stage
 
 __all__ = ["REDRAW_ATTR", "near_miss_margin", "plan_redraw", "with_adaround_seed"]
@@ -49,7 +51,7 @@ def near_miss_margin(target: float, eval_size: int | None, allowed_drop: float) 
     the target on ``eval_size`` samples; a quarter of the allowed drop when the size is unknown or the target
     is not an accuracy in ``(0, 1)``."""
     if eval_size and 0.0 < target < 1.0:
-        return math.sqrt(target * (1.0 - target) / eval_size)
+        return standard_error(target, eval_size)
     return max(allowed_drop, 0.0) / 4.0
 
 
@@ -67,10 +69,6 @@ def _adaround_in_result(trial: optuna.trial.FrozenTrial) -> bool:
     if not isinstance(stages, list) or not isinstance(best, int):
         return False
     return any(isinstance(s, Mapping) and s.get("stage") == "adaround" for s in stages[:best])
-
-
-def _within(trial: optuna.trial.FrozenTrial) -> bool:
-    return trial.user_attrs.get("within_budget", True) is not False
 
 
 def _first_of_its_kind(trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTrial) -> int:
@@ -100,11 +98,11 @@ def plan_redraw(
     if max_redraws <= 0 or trial.state != optuna.trial.TrialState.COMPLETE or trial.value is None:
         return None
     value = float(trial.value)
-    if not math.isfinite(value) or value >= target or target - value > margin or not _within(trial):
+    if not math.isfinite(value) or value >= target or target - value > margin or not within(trial):
         return None
     if trial.user_attrs.get(FLOW_ATTR) == "aimet" or not _adaround_in_result(trial):
         return None
-    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and _within(t)]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and within(t)]
     if any(float(t.value) > value for t in done if t.number != trial.number):  # type: ignore[arg-type]
         return None  # not the study's best: the sampler's next trial is worth more
     mine = trial.user_attrs.get(REDRAW_ATTR)
