@@ -124,6 +124,10 @@ class StageState:
         amp_result: the last mixed-precision result of the run.
         record: the study's record of this very pipeline prefix (its score and choice), or ``None``.
         previous_full: the previous stage's score when it was a full evaluation.
+        prior: what the stage's input is estimated to score (the previous stage's score, full or on a
+            subset, or the score of the record that predicted it misses); ``None`` when unknown.
+        proxy: the stage's output SQNR (dB) when the screen measured it.
+        predicted: the score of the study's record that predicted this stage misses (it was not evaluated).
         note / choice: what the stage says and chose (recorded with its score).
         known_score: a score of the stage's sim measured while running it (no eval call needed).
         known_full: ``known_score`` came from a full evaluation.
@@ -136,14 +140,19 @@ class StageState:
     amp_result: Any = None
     record: dict[str, Any] | None = None
     previous_full: float | None = None
+    prior: float | None = None
+    proxy: float | None = None
+    predicted: float | None = None
     note: str = ""
     choice: Any = None
     known_score: float | None = None
     known_full: bool = False
     alternatives: list[tuple[str, QuantSim, float]] = field(default_factory=list)  # near-tie scheme pairs (see _screen)
 
-    def begin(self, record: dict[str, Any] | None, previous_full: float | None) -> None:
+    def begin(self, record: dict[str, Any] | None, previous_full: float | None, prior: float | None = None) -> None:
         """Reset what a stage reports, before it runs."""
         self.record, self.previous_full = record, previous_full
+        self.prior = previous_full if prior is None else prior
+        self.proxy = self.predicted = None
         self.note, self.choice, self.known_score, self.known_full = "", None, None, False
         self.alternatives = []

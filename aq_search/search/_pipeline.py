@@ -217,6 +217,7 @@ class StageResult:
         prefix_key: the hash of the pipeline prefix up to this stage.
         choice: what the stage chose when that is not in its config (selected scheme pair, AMP config).
         best: this stage produced the run's result (keep-best).
+        proxy: the stage's output SQNR against FP32 (dB) when lazy scoring measured it, else ``None``.
     """
 
     stage: str
@@ -234,6 +235,7 @@ class StageResult:
     prefix_key: str = ""
     choice: Any = None
     best: bool = False
+    proxy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

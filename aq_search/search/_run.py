@@ -22,11 +22,11 @@ from .._errors import AQSearchError
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
 from ._context import StageState, model_fingerprint
-from ._fidelity import could_meet
+from ._fidelity import could_meet, worth_confirming
 from ._keepbest import KeepBest, Kept
 from ._pipeline import Pipeline, PipelineRun, RunContext, Stage, StageCallback, StageError, StageResult
 from ._prefix import KnownScores, prefix_keys
-from ._screen import Candidate, Screened, defers, proxy_sqnr, screen, undo_if_worse
+from ._screen import Candidate, Screened, clear_miss, defers, predicted_miss, proxy_sqnr, screen, undo_if_worse
 
 __all__ = ["meter", "prefix_context", "run_stages", "stage_label"]
 
@@ -53,14 +53,21 @@ def prefix_context(ctx: RunContext) -> dict[str, Any]:
 
 
 def _score(
-    ctx: RunContext, sim: QuantSim, known: float | None = None, known_full: bool = False, prior: float | None = None
+    ctx: RunContext,
+    sim: QuantSim,
+    known: float | None = None,
+    known_full: bool = False,
+    prior: float | None = None,
+    last: bool = True,
 ) -> tuple[float, int | None]:
     """The stage's score on ``intermediate_num_samples`` (``known`` when already measured), confirmed
-    on the full evaluation when its upper confidence bound reaches the target (see :mod:`._fidelity`).
+    on the full evaluation when it is worth it (see :func:`._fidelity.worth_confirming`: two standard
+    errors from the target for the pipeline's ``last`` stage, one for a stage that more stages follow).
 
-    Under lazy scoring, ``prior`` (the stage's input's full score) decides the fidelity first: when it is
-    already within the subset's noise of the target, a subset screen of the stage would be confirmed in
-    full anyway (one call more for the same answer), so the stage goes straight to the full evaluation.
+    Under lazy scoring, ``prior`` (what the stage's input scored, in full or on the subset) decides the
+    fidelity first: when it is already within the subset's noise of the target, a subset screen of the
+    stage would be confirmed in full anyway (one call more for the same answer), so the stage goes straight
+    to the full evaluation.
     """
     if known is not None and known_full:
         return known, None
@@ -69,8 +76,8 @@ def _score(
     if known is None and n is not None and ctx.lazy_scoring and prior is not None and could_meet(prior, n, ctx.target, margin):
         return ctx.evaluate(sim.model, None), None
     score = ctx.evaluate(sim.model, n) if known is None else known
-    if n is not None and could_meet(score, n, ctx.target, margin):
-        return ctx.evaluate(sim.model, None), None  # its confidence bound reaches the target: confirm in full
+    if n is not None and worth_confirming(score, n, ctx.target, margin, last):
+        return ctx.evaluate(sim.model, None), None  # close enough to the target: confirm in full
     return score, n
 
 
@@ -85,32 +92,48 @@ def _noted(note: str | None, more: str) -> str:
 
 
 def _screen_stage(
-    ctx: RunContext, state: StageState, index: int, stage_key: str, sim: QuantSim, deferred: list[Candidate]
+    ctx: RunContext, state: StageState, index: int, stage_key: str, sim: QuantSim, deferred: list[Candidate], last: bool
 ) -> list[Screened]:
     """Score stage ``index``: alone as before, or screened with the deferred stages and near-tie scheme
-    pairs (see :mod:`._screen`); a scheme pair the eval prefers becomes the stage's choice."""
+    pairs (see :mod:`._screen`); a scheme pair the eval prefers becomes the stage's choice. Returns nothing
+    when the study predicts every candidate misses and more stages follow (:func:`._screen.predicted_miss`)."""
     if not deferred and not state.alternatives:
-        alone, samples = _score(ctx, sim, state.known_score, known_full=state.known_full, prior=state.previous_full)
+        alone, samples = _score(ctx, sim, state.known_score, known_full=state.known_full, prior=state.prior, last=last)
         return [Screened(Candidate(index, sim, state.model, None, current=True), alone, samples)]
     current = Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair, state.known_score, state.known_full, True)
+    state.proxy = current.sqnr
     ties = [Candidate(index, alt, state.model, value, pair, current=True) for pair, alt, value in state.alternatives]
     # a scheme stage only sets the pair: a deferred stage with its model and one of its pairs is the same sim
     same = {c.pair for c in (current, *ties)} if registered_techniques()[stage_key].acts_on == "scheme" else set()
     candidates = [current, *ties, *(c for c in deferred if c.sim is not sim and not (c.model is state.model and c.pair in same))]
+    if not last:
+        record = predicted_miss(ctx, candidates)
+        if record is not None:
+            top = max(float(c.sqnr or 0.0) for c in candidates)
+            samples = record.get("num_samples")
+            state.predicted = float(record["score"])
+            state.note = _noted(
+                state.note,
+                "not evaluated: predicted to miss (a model of this study with a higher output SQNR, "
+                f"{float(record['proxy']):.1f} vs {top:.1f} dB, scored {float(record['score']):.4f}"
+                f"{'' if samples is None else f' on {samples} samples'} against the target {ctx.target:.4f})",
+            )
+            return []
 
     def score(c: Candidate) -> tuple[float, int | None]:
-        prior = state.previous_full if c is current else None
-        return _score(ctx, c.sim, c.known, known_full=c.known_full, prior=prior)
+        prior = state.prior if c is current else None
+        return _score(ctx, c.sim, c.known, known_full=c.known_full, prior=prior, last=last)
 
     def within(s: QuantSim) -> bool:
         return _within_budget(ctx, s)
 
-    screened = screen(ctx, candidates, score, within)
+    screened = screen(ctx, candidates, score, within, last)
     mine = [s for s in screened if s.candidate.current]
     if len(mine) > 1:  # near-tie scheme pairs: the eval's best is the stage's result and choice
         tried = ", ".join(f"{s.candidate.pair}={s.score:.4f}" for s in mine)
         best = max(mine, key=lambda s: (within(s.candidate.sim), s.num_samples is None, s.score))
         state.sim, state.pair, state.choice = best.candidate.sim, str(best.candidate.pair), best.candidate.pair
+        state.proxy = best.candidate.sqnr
         tie = f"SQNR near-tie broken by eval: {tried}, kept {best.candidate.pair}"
         state.note = _noted(state.note, tie)
         screened = [s for s in screened if not s.candidate.current or s is best]
@@ -165,13 +188,14 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
     known: KnownScores | None = ctx.known
     previous: float | None = None
     previous_full: float | None = None  # the previous stage's score when it was a full evaluation
+    prior: float | None = None  # what the next stage's input is estimated to score (full or subset)
     deferred: list[Candidate] = []  # stages not evaluated yet (lazy scoring, see _screen)
     completed_early = False
     for index, stage in enumerate(pipeline.stages):
         start = time.perf_counter()
         calls0, samples0, eq0 = meter(ctx)
         record = known.get(keys[index], ctx.intermediate_num_samples) if known is not None else None
-        state.begin(record, previous_full)
+        state.begin(record, previous_full, prior)
         try:
             _run_stage(ctx, state, stage, keep, deferred)
         except AQSearchError as err:
@@ -187,6 +211,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             score = float(record["score"])
             samples = record.get("num_samples")
             samples = int(samples) if samples is not None else None
+            state.proxy = record.get("proxy")
             if defers(ctx, pipeline.stages, index, False) and not undone:
                 # it would wait for the next stage's screen: it joins that screen with its known score (no eval
                 # call), so the screen, and CLE's undo check after it, decide as in the trial that scored it
@@ -194,14 +219,17 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
         elif defers(ctx, pipeline.stages, index, False):  # lazy: the next stage is cheap (see _screen)
             if not undone:  # an undone stage's sim is the deferred one before it
                 deferred.append(Candidate(index, sim, state.model, proxy_sqnr(ctx, sim), state.pair))
+                state.proxy = deferred[-1].sqnr
             score, samples = math.nan, 0
             state.note = _noted(state.note, "not evaluated (the next stage is cheap)")
         else:
-            screened = _screen_stage(ctx, state, index, stage.key, sim, deferred)
+            screened = _screen_stage(ctx, state, index, stage.key, sim, deferred, index == len(pipeline.stages) - 1)
             deferred = []
             sim = state.sim
             mine = next((s for s in screened if s.candidate.current), None)
             score, samples = (mine.score, mine.num_samples) if mine is not None else (math.nan, 0)
+            if state.proxy is None and clear_miss(ctx, score, samples):  # a record later screens can predict from
+                state.proxy = proxy_sqnr(ctx, sim)
         relative = ctx.budget.relative(sim) if ctx.budget is not None else None
         within = ctx.budget.allows(relative) if ctx.budget is not None else True
         calls1, samples1, eq1 = meter(ctx)
@@ -220,6 +248,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             from_study=record is not None,
             prefix_key=keys[index],
             choice=state.choice,
+            proxy=None if state.proxy is None else round(float(state.proxy), 3),
         )
         results.append(result)
         if known is not None and record is None and not math.isnan(score):
@@ -231,6 +260,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
                 continue
             r = results[c.index]
             r.score, r.num_samples = s.score, s.num_samples
+            r.proxy = None if c.sqnr is None else round(float(c.sqnr), 3)
             r.note = f"scored at stage {index + 1}'s screen (its eval calls are counted there)"
             if known is not None:
                 known.records[r.prefix_key] = r.to_dict()
@@ -239,6 +269,12 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             met_earlier |= s.num_samples is None and s.score >= ctx.target and c_within
         previous = None if math.isnan(score) else score  # the next stage's input: its gain and AMP's floor
         previous_full = score if samples is None else None
+        if not math.isnan(score):
+            prior = score
+        elif screened:  # the stage itself went unscored at its screen: the best model screened stands in
+            prior = max(s.score for s in screened)
+        else:  # deferred (None), or predicted to miss: the predicting record's score
+            prior = state.predicted
         if not math.isnan(score):
             keep.offer(Kept(index, score, samples, within, sim, state.model, state.amp_result))
         logger.info(

@@ -13,6 +13,13 @@ as scheme selection by ``sqnr`` uses it):
   far misses the target while the target is within that score's sampling noise (its upper confidence
   bound reaches it, see :mod:`._fidelity`): only then can the tie-break change whether the target is met.
   At most :data:`MAX_SCREENED` candidates are evaluated. A candidate never evaluated is never a result.
+* **Predicted misses are not evaluated.** Before a screen that more stages follow spends a call, the
+  study's records are consulted (:func:`predicted_miss`): when a model already scored in the study had an
+  output SQNR at least as high as every candidate's and still missed the target by more than one standard
+  error of its score, the candidates are predicted to miss as well, and evaluating them could only have
+  stopped the pipeline early if they met. The stage goes unscored and the run goes on; its input's
+  estimate (that record's score) guides the next stage's fidelity (see ``_run._score``). For this, a
+  scored stage that clearly missed records its proxy (:func:`clear_miss`), measured if the screen did not.
 
 With ties on, a model stage (BN fold, CLE) that lowers the proxy by more than the tie margin against the
 deferred stage before it (same pair) is undone: the run goes on from the model before it
@@ -34,11 +41,22 @@ from typing import Any
 from ..quantsim import QuantSim
 from ..techniques._registry import registered_techniques
 from ._context import RunContext
-from ._fidelity import could_meet
+from ._fidelity import Z_STAGE, upper_bound, worth_confirming
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CHEAP_COSTS", "MAX_SCREENED", "Candidate", "Screened", "defers", "proxy_sqnr", "screen", "undo_if_worse"]
+__all__ = [
+    "CHEAP_COSTS",
+    "MAX_SCREENED",
+    "Candidate",
+    "Screened",
+    "clear_miss",
+    "defers",
+    "predicted_miss",
+    "proxy_sqnr",
+    "screen",
+    "undo_if_worse",
+]
 #: most candidates one screen evaluates.
 MAX_SCREENED = 4
 #: cost classes of a next stage that make evaluating the stage before it not worth a call.
@@ -149,8 +167,13 @@ def screen(
     candidates: list[Candidate],
     score: Callable[[Candidate], tuple[float, int | None]],
     within_budget: Callable[[QuantSim], bool],
+    last: bool = True,
 ) -> list[Screened]:
-    """Evaluate the candidates as the module docstring says; returns those evaluated, in order."""
+    """Evaluate the candidates as the module docstring says; returns those evaluated, in order.
+
+    ``last``: the stage is the pipeline's last (its near ties are broken while the target is within two
+    standard errors of the best score; one, for a stage that more stages follow: see :mod:`._fidelity`).
+    """
     if not candidates:
         return []
     with_proxy = [c for c in candidates if c.sqnr is not None]
@@ -170,8 +193,44 @@ def screen(
                 break
             if best.score >= ctx.target and best.num_samples is None and within_budget(best.candidate.sim):
                 break  # met: nothing to break a tie for
-            if not could_meet(best.score, _noise_n(ctx, best.num_samples), ctx.target, margin):
+            if not worth_confirming(best.score, _noise_n(ctx, best.num_samples), ctx.target, margin, last):
                 break  # the best is further below the target than its noise: a near tie will not reach it
         s, n = score(c)
         out.append(Screened(c, s, n))
     return out
+
+
+def clear_miss(ctx: RunContext, score: float, num_samples: int | None) -> bool:
+    """Whether a score misses the target by more than one standard error (lazy scoring with ties on only:
+    then a record of it can predict misses, see :func:`predicted_miss`)."""
+    if not ctx.lazy_scoring or ctx.tie_db <= 0 or math.isnan(score):
+        return False
+    margin = ctx.fp32_accuracy - ctx.target
+    return upper_bound(score, _noise_n(ctx, num_samples), margin, Z_STAGE) < ctx.target
+
+
+def predicted_miss(ctx: RunContext, candidates: Sequence[Candidate]) -> dict[str, Any] | None:
+    """The study's record that predicts every candidate misses the target, or ``None`` (see the module docstring).
+
+    Only under lazy scoring with ties on (the proxy is trusted), when every candidate has a proxy and none
+    has a known score (a known one costs nothing to use). A record qualifies when its proxy is at least
+    the best candidate's and it clearly missed (:func:`clear_miss`); the highest-scoring such record is
+    returned.
+    """
+    known = ctx.known
+    if not ctx.lazy_scoring or ctx.tie_db <= 0 or known is None or not candidates:
+        return None
+    if any(c.sqnr is None or c.known is not None for c in candidates):
+        return None
+    top = max(float(c.sqnr or 0.0) for c in candidates)
+    found: dict[str, Any] | None = None
+    for record in known.records.values():
+        proxy, score = record.get("proxy"), record.get("score")
+        if not isinstance(proxy, (int, float)) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            continue
+        samples = record.get("num_samples")
+        if proxy < top or not clear_miss(ctx, float(score), int(samples) if samples is not None else None):
+            continue
+        if found is None or score > found["score"]:
+            found = record
+    return found

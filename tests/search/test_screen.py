@@ -192,15 +192,79 @@ def test_a_stage_whose_input_is_within_the_subset_noise_of_the_target_goes_strai
     from aq_search import AdaRoundParams
 
     pipeline = Pipeline((Stage("bnf", BatchNormFoldConfig()), Stage("adaround", AdaRoundParams(num_batches=1, num_iterations=5))))
-    # bnf (before an expensive stage: evaluated): subset 0.96 on 100 samples, bound 0.999 >= 0.99, confirmed at 0.97;
-    # AdaRound's input scored 0.97 in full, within 100 samples' noise of 0.99: a screen would be confirmed anyway
-    evaluate = Scripted([0.96, 0.97, 0.98], rest=0.0)
+    # bnf (before an expensive stage: evaluated): subset 0.985 on 100 samples, within one standard error
+    # (0.012) of 0.99: confirmed, at 0.97; AdaRound's input scored 0.97 in full, within 100 samples' noise of
+    # 0.99: a screen would be confirmed anyway, so AdaRound goes straight to the full evaluation
+    evaluate = Scripted([0.985, 0.97, 0.98], rest=0.0)
     run = run_pipeline(_context(evaluate, lazy=True, tie_db=1.0, n=100, eval_size=1000), pipeline)
     assert evaluate.calls == [100, None, None] and run.stages[1].num_samples is None and run.score == 0.98
     # every stage scored as before without lazy scoring: AdaRound is screened on the subset first
-    before = Scripted([0.96, 0.97, 0.98], rest=0.0)
+    before = Scripted([0.985, 0.97, 0.98], rest=0.0)
     run_pipeline(_context(before, lazy=False, tie_db=0.0, n=100, eval_size=1000), pipeline)
     assert before.calls == [100, None, 100, None]
+
+
+def test_a_stage_that_more_stages_follow_is_confirmed_only_within_one_standard_error() -> None:
+    from aq_search import AdaRoundParams
+
+    pipeline = Pipeline((Stage("bnf", BatchNormFoldConfig()), Stage("adaround", AdaRoundParams(num_batches=1, num_iterations=5))))
+    # bnf: 0.96 on 100 samples is 1.5 standard errors (0.0196) below 0.99: not worth a full evaluation before
+    # AdaRound (the last stage would be: its bound at two standard errors, 0.999, reaches the target); its
+    # subset score still guides AdaRound, which goes straight to the full evaluation
+    evaluate = Scripted([0.96, 0.97], rest=0.0)
+    run = run_pipeline(_context(evaluate, lazy=True, tie_db=1.0, n=100, eval_size=1000), pipeline)
+    assert evaluate.calls == [100, None]
+    assert run.stages[0].num_samples == 100 and run.stages[0].score == 0.96
+    assert run.stages[1].num_samples is None and run.score == 0.97 and run.best_index == 1
+    # the same subset score at the last stage is confirmed (two standard errors)
+    last = Scripted([0.96, 0.975], rest=0.0)
+    alone = run_pipeline(_context(last, lazy=True, tie_db=1.0, n=100, eval_size=1000), Pipeline(pipeline.stages[:1]))
+    assert last.calls == [100, None] and alone.stages[0].num_samples is None and alone.score == 0.975
+    # a subset score that beats every full one is confirmed at the end (keep-best): no unconfirmed result
+    late = Scripted([0.96, 0.90, 0.95], rest=0.0)
+    run = run_pipeline(_context(late, lazy=True, tie_db=1.0, n=100, eval_size=1000), pipeline)
+    assert late.calls == [100, None, None] and run.best_index == 0 and run.score == 0.95
+
+
+def test_a_screen_the_study_predicts_misses_is_not_evaluated(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aq_search.search._run as run_module
+    import aq_search.search._screen as screen_module
+    from aq_search import AdaRoundParams
+    from aq_search.search._prefix import KnownScores
+
+    # bnf (deferred) and CLE are screened before AdaRound; the study holds a model with a higher output SQNR
+    # (12 dB against the candidates' 10) that scored 0.95 in full: more than one standard error below 0.99
+    monkeypatch.setattr(screen_module, "proxy_sqnr", lambda ctx, sim: 10.0)
+    monkeypatch.setattr(run_module, "proxy_sqnr", screen_module.proxy_sqnr)
+    ada = Stage("adaround", AdaRoundParams(num_batches=1, num_iterations=5))
+    pipeline = Pipeline((Stage("bnf", BatchNormFoldConfig()), Stage("cle", CLEConfig()), ada))
+
+    def run_with(records: dict[str, dict[str, Any]], lazy: bool = True) -> tuple[Scripted, PipelineRun]:
+        evaluate = Scripted([0.97], rest=0.0)
+        ctx = _context(evaluate, lazy=lazy, tie_db=1.0 if lazy else 0.0, n=100, eval_size=1000)
+        ctx.known = KnownScores(dict(records))
+        return evaluate, run_pipeline(ctx, pipeline)
+
+    missed = {"k": {"score": 0.95, "num_samples": None, "proxy": 12.0}}
+    evaluate, run = run_with(missed)
+    # the CLE screen is skipped; AdaRound's input is estimated at 0.95, within 100 samples' noise of 0.99: full
+    assert evaluate.calls == [None] and run.best_index == 2 and run.score == 0.97
+    assert math.isnan(run.stages[1].score) and "predicted to miss" in run.stages[1].note
+    # AdaRound scored alone and clearly missed (0.97 in full against 0.99): it records its proxy for later screens
+    assert run.stages[2].proxy == 10.0
+    # not predicted (the screen is evaluated): a lower proxy, a record within noise of the target, or no proxy
+    for record in (
+        {"score": 0.95, "num_samples": None, "proxy": 9.0},
+        {"score": 0.988, "num_samples": None, "proxy": 12.0},
+        {"score": 0.95, "num_samples": None, "proxy": None},
+    ):
+        evaluate, run = run_with({"k": record})
+        assert evaluate.calls[0] == 100 and not math.isnan(run.stages[1].score), record
+    # stages scored at a screen record their proxy, so later trials can use them
+    assert run.stages[1].proxy == 10.0
+    # lazy scoring off: every stage is evaluated whatever the study holds
+    evaluate, run = run_with(missed, lazy=False)
+    assert evaluate.calls[0] == 100 and len(evaluate.calls) >= 3
 
 
 def test_a_stage_a_later_stage_requires_is_never_undone(monkeypatch: pytest.MonkeyPatch) -> None:
