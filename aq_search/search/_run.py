@@ -226,6 +226,7 @@ def run_stages(ctx: RunContext, pipeline: Pipeline, on_stage: StageCallback | No
             screened = _screen_stage(ctx, state, index, stage.key, sim, deferred, index == len(pipeline.stages) - 1)
             deferred = []
             sim = state.sim
+            assert sim is not None
             mine = next((s for s in screened if s.candidate.current), None)
             score, samples = (mine.score, mine.num_samples) if mine is not None else (math.nan, 0)
             if state.proxy is None and clear_miss(ctx, score, samples):  # a record later screens can predict from
