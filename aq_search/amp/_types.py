@@ -42,8 +42,8 @@ class MixedPrecisionConfig(TechniqueConfig):
         refine_evals: eval calls allowed for the refinement after phase 2 (0: none, as AIMET).
         lift_first: which config the escape hatch (lifting from the input within a cost budget, see
             :func:`~aq_search.amp.lift_precision`) evaluates first: ``"share"``, the cheapest removing
-            most of the removable output noise, or ``"longest"``, the most precise within the budget
-            (when that misses, no cheaper one is evaluated: one call). A search pipeline sets
+            most of the removable output noise, or ``"longest"``, the least noisy config found within
+            the budget and only that one (one call, met or not). A search pipeline sets
             ``"longest"`` when AdaRound follows AMP. Unused by the top-down search.
 
     Example:
