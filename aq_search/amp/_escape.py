@@ -25,7 +25,7 @@ configs it can never return. :func:`lift_precision` goes the other way, from the
    prefix that removes :data:`NOISE_SHARE` of the noise the longest one removes; that config is
    evaluated first. If it misses the target the longest prefix is evaluated; if that meets it, a
    bisection between them looks for a cheaper config that still meets it, while evaluations remain
-   (``max_evals``).
+   (``max_evals``). With ``first="longest"`` (AdaRound follows) only the longest prefix is evaluated.
 
 Layers left at their input format keep their encodings exactly, AdaRound rounding included (see
 :class:`~aq_search.amp._state.GroupPrecisions`). The result is never worse than the input when

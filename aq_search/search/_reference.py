@@ -146,8 +146,8 @@ def cheap_first_params(
     fold, CLE and the scheme could not get there, and AdaRound, the expensive stage, only where AMP could
     not either (``bnf>cle>scheme>amp>adaround``; ``bnf>cle>scheme>adaround>amp``, then
     ``bnf>scheme>amp>adaround``, when the space lacks it). AMP lifts the layers whose noise hurts most
-    within the 1.5x BOPs budget, evaluating its most precise config first (one call when it misses,
-    see :func:`~aq_search.search._pipeline.suggest_pipeline`); AdaRound then rounds the layers left low
+    within the 1.5x BOPs budget, evaluating only its least noisy config (one call, met or not, see
+    :func:`~aq_search.search._pipeline.suggest_pipeline`); AdaRound then rounds the layers left low
     for the model they now sit in. Measured against AdaRound-then-AMP (BENCHMARKS 1a): better on
     EfficientNet-Lite0 W4A8 (0.9453 against 0.9297), a tie on Fashion-MNIST W4A8 (0.8534 against 0.8542),
     and on digits W4A8 the same accuracy at 1.46x the BOPs where AdaRound alone met the target at 1.0x. AMP's
