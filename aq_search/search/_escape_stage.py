@@ -53,7 +53,7 @@ def probe_samples(sim: QuantSim) -> int:
     macs = sum(c.macs for c in layer_costs(sim).values())
     if macs <= 0:
         return PROBE_SAMPLES
-    return int(min(PROBE_SAMPLES_MAX, max(PROBE_SAMPLES, PROBE_MACS // macs)))
+    return min(PROBE_SAMPLES_MAX, max(PROBE_SAMPLES, PROBE_MACS // macs))
 
 
 def lift_stage(
